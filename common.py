@@ -17,8 +17,10 @@ import json
 import os
 import platform
 import random
+import math
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -175,14 +177,18 @@ def load_prompts(source, split):
     return prompts[-n_test:] if split == "test" else prompts[:-n_test]
 
 
-def prompt_batches(prompts, batch_size, seed):
-    """Endless batches of B prompts, drawn without replacement and reshuffled every epoch (x ∼ μ)."""
+def prompt_batches(prompts, batch_size, seed, skip=0):
+    """Endless batches of B prompts, drawn without replacement and reshuffled every epoch (x ∼ μ); `skip` batches
+    are drawn and dropped first (a resumed run continues the same sequence)."""
     rng = random.Random(seed)
     order = []
     while True:
         if len(order) < batch_size:
             order += rng.sample(range(len(prompts)), len(prompts))
-        yield [prompts[i] for i in order[:batch_size]]
+        if skip > 0:
+            skip -= 1
+        else:
+            yield [prompts[i] for i in order[:batch_size]]
         del order[:batch_size]
 
 
@@ -479,21 +485,37 @@ LAPTOP = dict(model="laptop", prompts="bundled", device="cpu", iterations=100)
 
 
 def parse_args(Args, laptop_overrides):
-    """tyro CLI whose defaults are the paper's, or the laptop preset's when `--laptop` is given (explicit flags win)."""
+    """tyro CLI. Defaults are the paper's; `--laptop` swaps in the laptop preset, `--resume DIR` the resumed run's
+    arguments; flags given explicitly win over both. Bad values end with a one-line error, exit code 2."""
     import tyro
 
+    argv = sys.argv[1:]
     default = None
-    if "--laptop" in sys.argv[1:]:
+    if "--laptop" in argv:
         default = dataclasses.replace(Args(), **{**LAPTOP, **laptop_overrides, "laptop": True})
-    args = tyro.cli(Args, default=default)
-    for field in ("batch_size", "samples_per_prompt", "iterations", "max_new_tokens", "prompt_len", "eval_every"):
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("--resume=")), None)
+    if "--resume" in argv and argv.index("--resume") + 1 < len(argv):
+        resume = argv[argv.index("--resume") + 1]
+    if resume:
+        config = Path(resume) / "config.json"
+        if not config.exists():
+            fail(f"--resume {resume}: not a run directory (no config.json)")
+        saved = json.loads(config.read_text())["args"]
+        fields = {f.name for f in dataclasses.fields(Args)}
+        default = dataclasses.replace(Args(), **{k: v for k, v in saved.items() if k in fields})
+    args = tyro.cli(Args, default=default, args=argv)
+    for field in ("batch_size", "samples_per_prompt", "iterations", "max_new_tokens", "prompt_len", "eval_every",
+                  "eval_batch_size", "inner_steps"):
         if hasattr(args, field) and getattr(args, field) <= 0:
             fail(f"--{field.replace('_', '-')} must be positive (got {getattr(args, field)})")
     if getattr(args, "samples_per_prompt", 2) < 2:
         fail(f"--samples-per-prompt must be at least 2 to form a pair (got {args.samples_per_prompt})")
-    for field in ("beta", "tau"):
+    for field in ("beta", "tau", "save_every", "cg_damping"):
         if hasattr(args, field) and getattr(args, field) < 0:
-            fail(f"--{field} must be non-negative (got {getattr(args, field)})")
+            fail(f"--{field.replace('_', '-')} must be non-negative (got {getattr(args, field)})")
+    if args.run_name and not args.resume and (Path(args.output_dir) / args.run_name).exists():
+        fail(f"run directory {Path(args.output_dir) / args.run_name} already exists: pass another --run-name, "
+             f"or --resume it")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     check_task(args.task)
@@ -515,19 +537,35 @@ def _git_commit():
 
 
 class Run:
-    """runs/{task}__{algo}__{seed}__{unix_time}/: config.json, metrics.csv (one row an iteration), samples.jsonl."""
+    """runs/{task}__{algo}__{seed}__{unix_time}/ (or --run-name): config.json, metrics.csv (one row an iteration,
+    flushed as written), samples.jsonl, checkpoint/ (--save-every, Ctrl-C) and policy/ (final weights)."""
 
     def __init__(self, args, algo):
         import transformers
 
-        name = f"{args.task}__{algo}__{args.seed}__{int(time.time())}"
-        self.dir = Path(args.output_dir) / name
-        self.dir.mkdir(parents=True, exist_ok=False)
+        if args.resume:
+            self.dir = Path(args.resume)
+            if not (self.dir / "checkpoint" / "state.pt").exists():
+                fail(f"--resume {args.resume}: no checkpoint there (runs save one with --save-every N and on Ctrl-C)")
+        else:
+            name = args.run_name or f"{args.task}__{algo}__{args.seed}__{int(time.time())}"
+            self.dir = Path(args.output_dir) / name
+            if self.dir.exists():
+                fail(f"run directory {self.dir} already exists: pass another --run-name, or --resume {self.dir} to continue it")
+            self.dir.mkdir(parents=True)
         versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
         config = {"algo": algo, "args": dataclasses.asdict(args), "versions": versions, "git_commit": _git_commit()}
-        (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        (self.dir / ("config.resumed.json" if args.resume else "config.json")).write_text(json.dumps(config, indent=2, default=str) + "\n")
         self.columns, self.rows = [], []
         self.start = time.time()
+        self.stop_requested = False
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame):
+        if self.stop_requested:  # a second Ctrl-C aborts at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nCtrl-C: stopping after this iteration with a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
     def log(self, row):
         """Append one metrics row; a row with new columns rewrites the file with the wider header."""
@@ -536,18 +574,92 @@ class Run:
         path = self.dir / "metrics.csv"
         if any(key not in self.columns for key in row):
             self.columns += [key for key in row if key not in self.columns]
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, self.columns)
-                writer.writeheader()
-                writer.writerows(self.rows)
-            tmp.replace(path)
+            self._rewrite()
         else:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns).writerow(row)
+
+    def _rewrite(self):
+        path = self.dir / "metrics.csv"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(path)
 
     def samples(self, iteration, samples):
         with open(self.dir / "samples.jsonl", "a") as f:
             for s in samples:
                 f.write(json.dumps({"iteration": iteration, **s}) + "\n")
 
+    def start_or_resume(self, models, optimizers):
+        """Counters of a fresh run, or those of the checkpoint with every model, optimizer and RNG state restored;
+        metrics and samples logged after the checkpoint are dropped so that the resumed run writes them again."""
+        if not (self.dir / "checkpoint" / "state.pt").exists():
+            return {"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0}
+        from safetensors.torch import load_model
+
+        ckpt = self.dir / "checkpoint"
+        state = torch.load(ckpt / "state.pt", weights_only=True)  # tensors and numbers only: no pickle of objects
+        for name, model in models.items():
+            load_model(model, ckpt / f"{name}.safetensors")
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        random.setstate((state["rng"]["python"][0], tuple(state["rng"]["python"][1]), state["rng"]["python"][2]))
+        counters = state["counters"]
+        with open(self.dir / "metrics.csv", newline="") as f:
+            self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= counters["iteration"]]
+        self.columns = list(self.rows[0].keys()) if self.rows else []
+        self._rewrite()
+        samples = self.dir / "samples.jsonl"
+        if samples.exists():
+            kept = [line for line in samples.read_text().splitlines() if json.loads(line)["iteration"] <= counters["iteration"]]
+            samples.write_text("".join(line + "\n" for line in kept))
+        print(f"resuming {self.dir} after iteration {counters['iteration']}", file=sys.stderr)
+        return counters
+
+    def save_checkpoint(self, models, optimizers, counters):
+        """Weights as safetensors, optimizer and RNG states as tensors; written beside the old checkpoint and swapped
+        in by renames, so a crash while saving leaves the previous checkpoint usable."""
+        from safetensors.torch import save_model
+
+        final, tmp, old = self.dir / "checkpoint", self.dir / "checkpoint.tmp", self.dir / "checkpoint.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, model in models.items():
+            save_model(model, tmp / f"{name}.safetensors")
+        python_rng = random.getstate()
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+               "python": [python_rng[0], list(python_rng[1]), python_rng[2]]}
+        state = {"counters": dict(counters), "rng": rng, "optimizers": {n: o.state_dict() for n, o in optimizers.items()}}
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def end_iteration(self, row, counters, models, optimizers, args, script):
+        """After each iteration: stop on a non-finite metric (nothing of it is written), log the row, checkpoint
+        every --save-every iterations, and stop cleanly with a checkpoint after Ctrl-C."""
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            print(f"diverged at iteration {counters['iteration']}: {', '.join(f'{k} = {row[k]}' for k in bad)}; "
+                  f"metrics up to the previous iteration are in {self.dir}", file=sys.stderr)
+            sys.exit(3)
+        self.log(row)
+        if self.stop_requested or (args.save_every and counters["iteration"] % args.save_every == 0):
+            self.save_checkpoint(models, optimizers, counters)
+        if self.stop_requested:
+            print(f"interrupted after iteration {counters['iteration']}; resume with: python {script}.py --resume {self.dir}",
+                  file=sys.stderr)
+            sys.exit(130)
+
+    def finish(self, policy, tokenizer):
+        """Final weights in a form `from_pretrained` loads."""
+        policy.save_pretrained(self.dir / "policy")
+        tokenizer.save_pretrained(self.dir / "policy")

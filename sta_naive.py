@@ -40,7 +40,13 @@ class Args:
     device: str = "auto"
     """torch device: 'auto' (cuda if available), 'cpu', 'cuda', ..."""
     output_dir: str = "runs"
-    """runs are written to {output_dir}/{task}__{algo}__{seed}__{unix_time}/"""
+    """runs are written to {output_dir}/{run_name}/"""
+    run_name: str = ""
+    """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
+    save_every: int = 0
+    """write a checkpoint every this many iterations (0: only on Ctrl-C)"""
+    resume: str = ""
+    """continue the run in this directory from its checkpoint, with its arguments (flags given here override them)"""
     iterations: int = 1000
     """T: outer iterations (D19)"""
     batch_size: int = 16
@@ -84,26 +90,30 @@ if __name__ == "__main__":
     reward_model = common.load_reward_model(args.model, tokenizer, args.device)
     policy_optimizer = torch.optim.RMSprop(policy.parameters(), lr=args.policy_lr)
     rm_optimizer = torch.optim.AdamW(reward_model.parameters(), lr=args.rm_lr, weight_decay=args.rm_weight_decay)
-    batches = common.prompt_batches(train_prompts, args.batch_size, args.seed)
     run = common.Run(args, "sta_naive")
-    prompts_seen = oracle_pairs = 0
-    evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
-                                 args.eval_batch_size, args.seed, args.device)
-    run.log({"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
-    run.samples(0, evaluation["samples"])
-    progress = tqdm(range(1, args.iterations + 1), desc="sta_naive")
-    progress.set_postfix(prompts=0, reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
+    models = {"policy": policy, "reward_model": reward_model}
+    optimizers = {"policy": policy_optimizer, "reward_model": rm_optimizer}
+    counters = run.start_or_resume(models, optimizers)
+    batches = common.prompt_batches(train_prompts, args.batch_size, args.seed, skip=counters["prompts_seen"] // args.batch_size)
+    evaluation = {"reward": float("nan"), "kl": float("nan")}
+    if counters["iteration"] == 0:
+        evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
+                                     args.eval_batch_size, args.seed, args.device)
+        run.log({"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
+        run.samples(0, evaluation["samples"])
+    progress = tqdm(range(counters["iteration"] + 1, args.iterations + 1), desc="sta_naive", initial=counters["iteration"], total=args.iterations)
+    progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
     for iteration in progress:
         # 1. C: B prompts, k samples each from π_θ^{t-1}, best vs worst by the oracle (D8)
         batch = common.rollout(policy, tokenizer, next(batches), args.task, args.samples_per_prompt,
                                args.max_new_tokens, args.device)
-        prompts_seen += args.batch_size
-        oracle_pairs += int(batch.keep.sum())
+        counters["iteration"] = iteration
+        counters["prompts_seen"] += args.batch_size
+        counters["oracle_pairs"] += int(batch.keep.sum())
         pairs = torch.cat([batch.rows("chosen"), batch.rows("rejected")])  # winners first, then losers
         n_pairs = len(pairs) // 2
         ids, mask, P = batch.input_ids, batch.attention_mask, batch.prompt_width
-        row = {"iteration": iteration, "prompts_seen": prompts_seen, "oracle_pairs": oracle_pairs,
-               "train/oracle_reward": batch.rewards.mean().item(), "train/tie_rate": batch.resampled / args.batch_size,
+        row = {**counters, "train/oracle_reward": batch.rewards.mean().item(), "train/tie_rate": batch.resampled / args.batch_size,
                "train/dropped_pairs": args.batch_size - n_pairs}
         if n_pairs > 0:
             # 2. follower: S AdamW steps on L_RM(ω; C) (eq. 4), warm-started from ω^{t-1}
@@ -115,6 +125,7 @@ if __name__ == "__main__":
                     row["rm/accuracy"] = (margin > 0).float().mean().item()
                 rm_optimizer.zero_grad()
                 rm_loss.backward()
+                row["rm/grad_norm"] = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), float("inf")).item()
                 rm_optimizer.step()
             row["rm/loss"] = rm_loss.item()
 
@@ -131,6 +142,7 @@ if __name__ == "__main__":
             policy_loss = pg_loss + args.beta * kl.mean()
             policy_optimizer.zero_grad()
             policy_loss.backward()
+            row["policy/grad_norm"] = torch.nn.utils.clip_grad_norm_(policy.parameters(), float("inf")).item()
             policy_optimizer.step()
             row.update({"policy/loss": policy_loss.item(), "policy/pg_loss": pg_loss.item(), "policy/kl": kl.mean().item(),
                         "rm/score_mean": rm_scores.mean().item(), "rm/score_std": rm_scores.std().item()})
@@ -140,8 +152,7 @@ if __name__ == "__main__":
                                          args.eval_batch_size, args.seed, args.device)
             row.update({"eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
             run.samples(iteration, evaluation["samples"])
-            progress.set_postfix(prompts=prompts_seen, reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
-        run.log(row)
-    policy.save_pretrained(run.dir / "policy")
-    tokenizer.save_pretrained(run.dir / "policy")
+            progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
+        run.end_iteration(row, counters, models, optimizers, args, "sta_naive")
+    run.finish(policy, tokenizer)
     print(f"done: {run.dir} (final eval reward {evaluation['reward']:.3f}, KL {evaluation['kl']:.3f})")
