@@ -313,6 +313,7 @@ def sampling_config(tokenizer, max_new_tokens):
         do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens, min_new_tokens=0,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
         repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, use_cache=True,
+        remove_invalid_values=True,  # a diverged policy (nan logits) reaches the divergence check instead of crashing here
     )
 
 
@@ -362,14 +363,21 @@ class Rollout:
 
 
 @torch.no_grad()
-def rollout(policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens, device, tie_retries=3):
-    """Generate k continuations per prompt, score them with the oracle and rank them (D8)."""
+def rollout(policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens, device, tie_retries=3,
+            query_oracle=True):
+    """Generate k continuations per prompt, score them with the oracle and rank them (D8).
+
+    query_oracle=False (PARL's inner batches, D14): no oracle call; rewards are NaN (never tied, so nothing is
+    resampled) and no pair is kept."""
     k = samples_per_prompt
     prompt_ids, prompt_mask, prompt_texts = encode_prompts(tokenizer, prompts, device)
     prompt_ids, prompt_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
     continuation, mask = sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens)
     texts = decode_continuations(tokenizer, continuation, mask)
-    rewards = torch.tensor([oracle(task, prompt_texts[i // k], t) for i, t in enumerate(texts)]).view(-1, k)
+    if query_oracle:
+        rewards = torch.tensor([oracle(task, prompt_texts[i // k], t) for i, t in enumerate(texts)]).view(-1, k)
+    else:
+        rewards = torch.full((len(prompt_texts), k), float("nan"))
     resampled = 0
     for _ in range(tie_retries):  # D8: resample every sample of a tied prompt, up to tie_retries times
         tied = (rewards.max(1).values == rewards.min(1).values).nonzero().flatten().tolist()
@@ -390,7 +398,7 @@ def rollout(policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens
     return Rollout(
         input_ids=torch.cat([prompt_ids, continuation], 1), attention_mask=torch.cat([prompt_mask, mask], 1),
         prompt_width=prompt_ids.shape[1], continuation_mask=mask, rewards=rewards, chosen=chosen.to(device),
-        rejected=rejected.to(device), keep=~tied.to(device), prompt_texts=prompt_texts, continuation_texts=texts,
+        rejected=rejected.to(device), keep=~tied.to(device) & query_oracle, prompt_texts=prompt_texts, continuation_texts=texts,
         resampled=resampled,
     )
 
@@ -511,7 +519,7 @@ def parse_args(Args, laptop_overrides):
     if getattr(args, "samples_per_prompt", 2) < 2:
         fail(f"--samples-per-prompt must be at least 2 to form a pair (got {args.samples_per_prompt})")
     for field in ("beta", "tau", "save_every", "cg_damping"):
-        if hasattr(args, field) and getattr(args, field) < 0:
+        if hasattr(args, field) and not getattr(args, field) >= 0:
             fail(f"--{field.replace('_', '-')} must be non-negative (got {getattr(args, field)})")
     if args.run_name and not args.resume and (Path(args.output_dir) / args.run_name).exists():
         fail(f"run directory {Path(args.output_dir) / args.run_name} already exists: pass another --run-name, "
@@ -534,6 +542,16 @@ def _git_commit():
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def _stop(message, code):
+    """End a run with its last word on the last line: progress bars are closed first."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+    print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 class Run:
@@ -648,18 +666,86 @@ class Run:
         every --save-every iterations, and stop cleanly with a checkpoint after Ctrl-C."""
         bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            print(f"diverged at iteration {counters['iteration']}: {', '.join(f'{k} = {row[k]}' for k in bad)}; "
-                  f"metrics up to the previous iteration are in {self.dir}", file=sys.stderr)
-            sys.exit(3)
+            _stop(f"diverged at iteration {counters['iteration']}: {', '.join(f'{k} = {row[k]}' for k in bad)}; "
+                  f"metrics up to the previous iteration are in {self.dir}", 3)
         self.log(row)
         if self.stop_requested or (args.save_every and counters["iteration"] % args.save_every == 0):
             self.save_checkpoint(models, optimizers, counters)
         if self.stop_requested:
-            print(f"interrupted after iteration {counters['iteration']}; resume with: python {script}.py --resume {self.dir}",
-                  file=sys.stderr)
-            sys.exit(130)
+            _stop(f"interrupted after iteration {counters['iteration']}; resume with: python {script}.py --resume {self.dir}", 130)
 
     def finish(self, policy, tokenizer):
         """Final weights in a form `from_pretrained` loads."""
         policy.save_pretrained(self.dir / "policy")
         tokenizer.save_pretrained(self.dir / "policy")
+
+
+# ---------------------------------------------------------------------------------------------------- offline data
+def offline_data(ref_policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens, seed, device, batch_size=64):
+    """The offline data of DPO and DRO-V (D16, D17): k continuations of every training prompt sampled from π_ref by
+    `rollout` (oracle rewards, D8's tie resampling), generated once and cached under cache_dir()/offline/.
+
+    The cache key covers the reference weights, the prompts and their token ids (so the tokenizer and prompt length),
+    the task, k, the continuation length and the seed: a rebuilt model never reuses stale samples. Generation draws
+    from its own RNG stream seeded with `seed`, so a cache hit and a miss leave the training run the same. Returns a
+    dict of CPU tensors and lists; `offline_rollout` turns a batch of its prompts back into a Rollout.
+    """
+    import hashlib
+
+    from tqdm import tqdm
+
+    k = samples_per_prompt
+    prompt_ids, prompt_mask, prompt_texts = encode_prompts(tokenizer, prompts, "cpu")
+    key = hashlib.sha256(json.dumps([task, k, max_new_tokens, seed, list(prompts)]).encode())
+    key.update(prompt_ids.numpy().tobytes())
+    for tensor in ref_policy.state_dict().values():
+        key.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy())
+    path = cache_dir() / "offline" / f"{task}_{key.hexdigest()[:24]}.pt"
+    if not path.exists():
+        chunks = []
+        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in tqdm(range(0, len(prompts), batch_size), desc="offline data from π_ref"):
+                chunks.append(rollout(ref_policy, tokenizer, prompts[start : start + batch_size], task, k, max_new_tokens, device))
+        width = max(c.continuation_mask.shape[1] for c in chunks)
+        data = {
+            "prompts": list(prompts), "prompt_texts": prompt_texts, "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+            "continuation": torch.cat([_pad_right(c.input_ids[:, c.prompt_width :], width, tokenizer.pad_token_id).cpu() for c in chunks]),
+            "continuation_mask": torch.cat([_pad_right(c.continuation_mask, width, 0).cpu() for c in chunks]),
+            "continuation_texts": [t for c in chunks for t in c.continuation_texts],
+            "rewards": torch.cat([c.rewards for c in chunks]), "resampled": sum(c.resampled for c in chunks),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(data, tmp)
+        tmp.replace(path)
+    data = torch.load(path, weights_only=True)  # tensors, strings and numbers only: no pickle of objects
+    data["row"] = {p: i for i, p in enumerate(data["prompts"])}
+    tied = int((data["rewards"].max(1).values == data["rewards"].min(1).values).sum())
+    print(f"offline data: {len(prompts)} prompts × {k} samples from π_ref, mean reward {data['rewards'].mean():.3f}, "
+          f"{data['resampled']} prompts resampled for ties, {tied} still tied ({path})", file=sys.stderr)
+    return data
+
+
+def offline_rollout(data, prompts, device):
+    """The offline samples of a batch of training prompts, as the Rollout `rollout` would return for them
+    (resampled = 0: the data's ties were resampled when it was generated; data["resampled"] counts them)."""
+    k = data["rewards"].shape[1]
+    rows = torch.tensor([data["row"][p] for p in prompts])
+    sequences = (rows[:, None] * k + torch.arange(k)).flatten()
+    prompt_mask = data["prompt_mask"][rows]
+    first = int(prompt_mask.any(0).long().argmax())  # drop the columns that are left padding in every row
+    continuation_mask = data["continuation_mask"][sequences]
+    width = int(continuation_mask.sum(1).max())  # and those that are right padding in every row
+    prompt_ids = data["prompt_ids"][rows, first:].repeat_interleave(k, 0)
+    prompt_mask = prompt_mask[:, first:].repeat_interleave(k, 0)
+    continuation, continuation_mask = data["continuation"][sequences, :width], continuation_mask[:, :width]
+    rewards = data["rewards"][rows]
+    chosen, rejected, tied = rank_samples(rewards)
+    return Rollout(
+        input_ids=torch.cat([prompt_ids, continuation], 1).to(device),
+        attention_mask=torch.cat([prompt_mask, continuation_mask], 1).to(device), prompt_width=prompt_ids.shape[1],
+        continuation_mask=continuation_mask.to(device), rewards=rewards, chosen=chosen.to(device),
+        rejected=rejected.to(device), keep=~tied.to(device), prompt_texts=[data["prompt_texts"][r] for r in rows.tolist()],
+        continuation_texts=[data["continuation_texts"][s] for s in sequences.tolist()], resampled=0,
+    )

@@ -27,7 +27,7 @@ import common
 
 @dataclasses.dataclass
 class Args:
-    task: Literal["wc", "cwc", "un"] = "wc"
+    task: str = "wc"
     """task: wc (word collector), cwc (constrained word collector) or un (unique nouns)"""
     seed: int = 467
     """random seed (the paper's: 467, 532, 6518, 7107, 8688)"""

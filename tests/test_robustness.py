@@ -1,0 +1,169 @@
+"""Runs that survive real use, for every algorithm script (a new script is covered by existing in conftest.SCRIPTS):
+bad input, divergence, Ctrl-C, checkpoints and exact resume, reproducibility, final weights."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, SCRIPTS, TEST_MODEL, read_metrics, run_script
+
+# a tiny configuration on the laptop model: a few seconds per run
+PROMPTS = [f"Tell me something about topic number {i}, please." for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")  # 32 train, 8 test prompts
+    return path
+
+
+def tiny(prompts_file, task="wc"):
+    return ["--laptop", "--model", TEST_MODEL, "--prompts", prompts_file, "--task", task, "--seed", "1",
+            "--batch-size", "2", "--max-new-tokens", "12", "--eval-every", "3", "--eval-batch-size", "8"]
+
+
+def run_all(commands, tmp_path, env=None):
+    """Start every command at once (they are mostly interpreter start-up), then collect them."""
+    procs = []
+    for i, args in enumerate(commands):
+        out = tmp_path / f"case{i}"
+        procs.append((out, subprocess.Popen([sys.executable, *map(str, args), "--output-dir", str(out)], cwd=REPO,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})))
+    return [(out, *p.communicate(timeout=300), p.returncode) for out, p in procs]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, prompts_file):
+    empty, latin1 = tmp_path / "empty.txt", tmp_path / "latin1.txt"
+    empty.write_text("\n \n")
+    latin1.write_bytes("caf\xe9 au lait?\n".encode("latin-1") * 10)
+    base = [f"{script}.py", *tiny(prompts_file)]
+    cases = {
+        "unknown task": [*base, "--task", "sentiment"],
+        "unknown model": [*base, "--model", str(tmp_path / "no-such-model")],
+        "unreachable hub, no cache": [*base, "--model", "facebook/opt-125m"],
+        "missing prompts file": [*base, "--prompts", str(tmp_path / "missing.txt")],
+        "empty prompts file": [*base, "--prompts", str(empty)],
+        "non-UTF-8 prompts file": [*base, "--prompts", str(latin1)],
+        "batch size 0": [*base, "--batch-size", "0"],
+        "iterations -1": [*base, "--iterations", "-1"],
+        "resume from nowhere": [*base, "--resume", str(tmp_path / "nowhere")],
+    }
+    help_text = subprocess.run([sys.executable, f"{script}.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
+    if "--samples-per-prompt" in help_text:
+        cases["one sample per prompt"] = [*base, "--samples-per-prompt", "1"]
+    for coef in ("--beta", "--tau"):
+        if coef in help_text:
+            cases[f"negative {coef}"] = [*base, coef, "-0.1"]
+    results = run_all(cases.values(), tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    for (name, _), (out, stdout, stderr, code) in zip(cases.items(), results):
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 2, f"{name}: exit {code}\n{stderr[-2000:]}"
+        assert lines and lines[-1].startswith("error: ") and "Traceback" not in stderr, f"{name}: {stderr[-2000:]}"
+        assert not out.exists() or not any(out.iterdir()), f"{name}: wrote {list(out.iterdir())}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_nltk_tagger_data_is_a_one_line_error(script, tmp_path, prompts_file):
+    env = {"NLTK_DATA": str(tmp_path / "no-nltk-data"), "HOME": str(tmp_path)}
+    (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file, task="un")]], tmp_path, env=env)
+    assert code == 2 and stderr.strip().splitlines()[-1].startswith("error: NLTK tagger data missing"), stderr[-2000:]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_existing_run_directory_is_refused(script, tmp_path, prompts_file):
+    (tmp_path / "case0" / "taken").mkdir(parents=True)
+    (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file), "--run-name", "taken"]], tmp_path)
+    assert code == 2 and "already exists" in stderr.strip().splitlines()[-1]
+    assert not any((out / "taken").iterdir())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_divergence_stops_with_the_iteration_and_quantity_and_keeps_the_metrics(script, tmp_path, prompts_file):
+    lr_flag = "--policy-lr"
+    (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file), lr_flag, "1e30", "--iterations", "6",
+                                             "--run-name", "div"]], tmp_path)
+    assert code == 3, stderr[-3000:]
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("diverged at iteration ") and " = " in message, message
+    iteration = int(message.split()[3].rstrip(":"))
+    rows = read_metrics(out / "div")
+    assert [int(r["iteration"]) for r in rows] == list(range(iteration))  # everything before it, intact
+    for r in rows:
+        assert all(v == "" or float(v) == float(v) and abs(float(v)) != float("inf") for k, v in r.items()), r
+    assert not (out / "div" / "checkpoint").exists() and not (out / "div" / "policy").exists()
+
+
+def _metrics_without_time(run_dir):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ctrl_c_checkpoints_and_resume_reproduces_the_uninterrupted_run(script, tmp_path, prompts_file):
+    """Same seed twice ⇒ identical metrics; Ctrl-C ⇒ clean stop with a checkpoint and a resume line; the resumed run
+    writes the same metrics from the checkpoint on as the uninterrupted run; final weights load with from_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    args = [f"{script}.py", *tiny(prompts_file), "--iterations", "6"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen([sys.executable, *map(str, args), "--output-dir", str(tmp_path / name), "--run-name", name],
+                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for name in ("a", "b")}
+    metrics = tmp_path / "b" / "b" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    procs["b"].send_signal(signal.SIGINT)
+    _, err = procs["b"].communicate(timeout=300)
+    assert procs["b"].returncode == 130, err[-3000:]
+    _, full_err = procs["a"].communicate(timeout=300)
+    assert procs["a"].returncode == 0, full_err[-3000:]
+    full = tmp_path / "a"
+    run_dir = tmp_path / "b" / "b"
+    assert f"--resume {run_dir}" in err.strip().splitlines()[-1]
+    assert (run_dir / "checkpoint" / "state.pt").exists() and not (run_dir / "checkpoint.tmp").exists()
+    stopped_at = len(read_metrics(run_dir)) - 1
+    assert 1 <= stopped_at < 6
+    resumed = subprocess.run([sys.executable, f"{script}.py", "--resume", str(run_dir)], cwd=REPO, capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _metrics_without_time(run_dir) == _metrics_without_time(full / "a")
+    policy = AutoModelForCausalLM.from_pretrained(run_dir / "policy")
+    reference = AutoModelForCausalLM.from_pretrained(full / "a" / "policy")
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), reference.parameters()))
+
+
+def test_checkpoints_are_swapped_in_atomically(tmp_path):
+    """A crash while saving (simulated: the write fails half-way) leaves the previous checkpoint usable."""
+    import common
+
+    run = common.Run.__new__(common.Run)
+    run.dir = tmp_path / "r"
+    run.dir.mkdir()
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    run.save_checkpoint({"m": model}, {"m": optimizer}, {"iteration": 1, "prompts_seen": 2, "oracle_pairs": 2})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    original = torch.save
+    try:
+        torch.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+        with pytest.raises(OSError):
+            run.save_checkpoint({"m": model}, {"m": optimizer}, {"iteration": 2, "prompts_seen": 4, "oracle_pairs": 4})
+    finally:
+        torch.save = original
+    state = torch.load(run.dir / "checkpoint" / "state.pt", weights_only=True)
+    assert state["counters"]["iteration"] == 1
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(run.dir / "checkpoint" / "m.safetensors")["weight"], saved["weight"])
