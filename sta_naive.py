@@ -77,7 +77,7 @@ class Args:
     """test prompts per generation batch in the evaluation"""
 
 
-LAPTOP = dict(policy_lr=3e-4, rm_lr=1e-3)
+LAPTOP = dict(policy_lr=1e-4, rm_lr=1e-3)
 
 if __name__ == "__main__":
     args = common.parse_args(Args, LAPTOP)
