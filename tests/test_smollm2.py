@@ -26,7 +26,7 @@ def test_sta_naive_runs_an_iteration_on_smollm2(tmp_path):
     prompts.write_text("".join(f"What is a good name for a pet number {i}?\n" for i in range(10)))  # 8 train, 2 test
     proc, run_dir = run_script("sta_naive", "--model", "smollm2", "--prompts", prompts, "--device", "cpu", "--task", "un",
                                "--iterations", "1", "--batch-size", "2", "--max-new-tokens", "8", "--eval-every", "1",
-                               tmp_path=tmp_path, env={"OMP_NUM_THREADS": "2"})
+                               tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(run_dir)
     assert [r["iteration"] for r in rows] == ["0", "1"]

@@ -5,7 +5,7 @@ from conftest import eval_rewards, read_metrics, run_script
 
 def test_laptop_run_raises_the_evaluation_reward(tmp_path):
     proc, run_dir = run_script("sta_naive", "--laptop", "--task", "cwc", "--seed", "467", "--iterations", "10",
-                               "--eval-every", "10", tmp_path=tmp_path, env={"OMP_NUM_THREADS": "2"})
+                               "--eval-every", "10", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (start_iteration, start), (end_iteration, end) = eval_rewards(run_dir)
     assert (start_iteration, end_iteration) == (0, 10)
