@@ -513,12 +513,12 @@ def parse_args(Args, laptop_overrides):
         default = dataclasses.replace(Args(), **{k: v for k, v in saved.items() if k in fields})
     args = tyro.cli(Args, default=default, args=argv)
     for field in ("batch_size", "samples_per_prompt", "iterations", "max_new_tokens", "prompt_len", "eval_every",
-                  "eval_batch_size", "inner_steps"):
+                  "eval_batch_size", "inner_steps", "ppo_epochs", "minibatches"):
         if hasattr(args, field) and getattr(args, field) <= 0:
             fail(f"--{field.replace('_', '-')} must be positive (got {getattr(args, field)})")
     if getattr(args, "samples_per_prompt", 2) < 2:
         fail(f"--samples-per-prompt must be at least 2 to form a pair (got {args.samples_per_prompt})")
-    for field in ("beta", "tau", "save_every", "cg_damping"):
+    for field in ("beta", "tau", "save_every", "cg_damping", "clip_eps", "gamma", "lam"):
         if hasattr(args, field) and not getattr(args, field) >= 0:
             fail(f"--{field.replace('_', '-')} must be non-negative (got {getattr(args, field)})")
     if args.run_name and not args.resume and (Path(args.output_dir) / args.run_name).exists():
