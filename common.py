@@ -458,13 +458,16 @@ def hessian_vector_product(grads, params, vector):
 def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
     """Solve (A + damping·I) x = b by conjugate gradient from x₀ = 0 (D13).
 
-    Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0 (A indefinite: returns the current
-    iterate and flags breakdown). Returns (x, info) with info = {iterations, residual (‖r‖/‖b‖), breakdown}.
+    Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0: A is indefinite there, so CG
+    flags breakdown and returns, of the iterates so far (x₀ = 0 included), the one with the smallest residual; the
+    last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations, residual
+    (‖r‖/‖b‖ of the returned x), breakdown}.
     """
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     b_norm = b.norm()
     rr = r.dot(r)
+    best_x, best_rr = x.clone(), rr
     info = {"iterations": 0, "residual": 0.0, "breakdown": False}
     if b_norm == 0:
         return x, info
@@ -475,6 +478,7 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
         curvature = p.dot(Ap)
         if curvature <= 0:
             info["breakdown"] = True
+            x, rr = best_x, best_rr
             break
         alpha = rr / curvature
         x += alpha * p
@@ -482,6 +486,8 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
         rr_new = r.dot(r)
         p = r + (rr_new / rr) * p
         rr = rr_new
+        if rr < best_rr:
+            best_x, best_rr = x.clone(), rr
         info["iterations"] = i + 1
     info["residual"] = float(rr.sqrt() / b_norm)
     return x, info

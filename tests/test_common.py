@@ -288,6 +288,19 @@ def test_conjugate_gradient_stops_on_negative_curvature():
     b = torch.linalg.eigh(A).eigenvectors[:, 0] + 0.1 * b  # mostly along a negative direction
     x, info = common.conjugate_gradient(lambda v: A @ v, b, iterations=10)
     assert info["breakdown"] and torch.isfinite(x).all() and info["iterations"] < 10
+    residual = float(torch.linalg.norm(A @ x - b) / torch.linalg.norm(b))
+    assert residual <= 1.0 and abs(residual - info["residual"]) < 1e-9  # never worse than x = 0, and reported as is
+
+
+def test_conjugate_gradient_breakdown_returns_the_smallest_residual_iterate():
+    """The step before a breakdown can increase the residual (A indefinite): CG returns the best iterate, here x₀ = 0."""
+    A = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 0.9], dtype=torch.float64)  # bᵀAb > 0, but the first step overshoots along the −1 direction
+    x, info = common.conjugate_gradient(lambda v: A @ v, b, iterations=10)
+    assert info["breakdown"] and info["iterations"] == 1
+    one_step = (b @ b) / (b @ A @ b) * b  # the first CG iterate
+    assert torch.linalg.norm(A @ one_step - b) > torch.linalg.norm(b)  # worse than 0
+    assert (x == 0).all() and info["residual"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------- prompts

@@ -21,10 +21,12 @@ def smol():
     return tokenizer
 
 
-def test_sta_naive_runs_an_iteration_on_smollm2(tmp_path):
+@pytest.mark.parametrize("script", ["sta_naive", "sta_total"])
+def test_runs_an_iteration_on_smollm2(tmp_path, script):
+    """One small iteration on the real network; for sta_total that includes CG through the full reward model."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"What is a good name for a pet number {i}?\n" for i in range(10)))  # 8 train, 2 test
-    proc, run_dir = run_script("sta_naive", "--model", "smollm2", "--prompts", prompts, "--device", "cpu", "--task", "un",
+    proc, run_dir = run_script(script, "--model", "smollm2", "--prompts", prompts, "--device", "cpu", "--task", "un",
                                "--iterations", "1", "--batch-size", "2", "--max-new-tokens", "8", "--eval-every", "1",
                                tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -32,6 +34,9 @@ def test_sta_naive_runs_an_iteration_on_smollm2(tmp_path):
     assert [r["iteration"] for r in rows] == ["0", "1"]
     assert all(math.isfinite(float(rows[1][k])) for k in ("rm/loss", "policy/loss", "eval/reward", "eval/kl"))
     assert float(rows[0]["eval/kl"]) == 0.0 and float(rows[1]["eval/kl"]) >= 0.0
+    if script == "sta_total":
+        assert int(rows[1]["cg/iterations"]) > 0 and math.isfinite(float(rows[1]["cg/residual"]))
+        assert float(rows[1]["policy/implicit_grad_norm"]) > 0
 
 
 def test_eos_equal_to_pad_masks_by_position(smol):

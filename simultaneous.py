@@ -1,0 +1,160 @@
+"""Simultaneous: Algorithm 3 of Makar-Limanov et al. (App. C), a one-loop, Nash-style variant (SPEC §4).
+
+Neither player leads: both update once per iteration from the previous strategies. Each outer iteration t:
+  1. sample B prompts and k = 4 continuations each from π_{θ^{t-1}}; the oracle's best and worst form C (D8);
+  2. the LM's REINFORCE weights are scored by r_{ω^{t-1}}, BEFORE the RM step ("we run our algorithm with S = 1 and
+     update the LM using r_{ω^{t-1}} instead of r_{ω^t}", §5); computing them after it would be Naive STA with S = 1;
+  3. RM: S = 1 AdamW step on the Bradley-Terry loss on C (eq. 4), warm-started from ω^{t-1};
+  4. LM: one RMSprop step on −R^β_LM(θ, ω^{t-1}) (eq. 8) with the REINFORCE estimator (eq. 17-18), on the same C.
+Alg. 3's header lists inner learning-rate schedules {η^s}, but it has no inner loop (a typo, SPEC §4).
+
+Departures from the paper and the authors' code (SPEC Decisions): pure sampling, not top-k 50 (D2); token ids are
+kept, never decoded and re-tokenized, and masks come from positions (D3, D4); the KL term is exact over the
+vocabulary in the paper's direction KL(π_θ ‖ π_ref), differentiated through the logits only (the dependence of the
+visited prefixes on θ is ignored) (D6); tied prompts are resampled, then dropped (D8); REINFORCE runs on the 2B
+sequences of C as the paper says, `--pg-samples all` uses all kB samples (D12); dropout is off (D20).
+"""
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+
+
+@dataclasses.dataclass
+class Args:
+    task: str = "wc"
+    """task: wc (word collector), cwc (constrained word collector) or un (unique nouns)"""
+    seed: int = 467
+    """random seed (the paper's: 467, 532, 6518, 7107, 8688)"""
+    laptop: bool = False
+    """laptop scale: the shipped small OPT model and bundled prompts on the CPU, with the preset's learning rates"""
+    model: str = "facebook/opt-125m"
+    """reference model: a hub id or local directory, 'laptop' (shipped) or 'smollm2' (SmolLM2-135M-Instruct, GGUF)"""
+    prompts: str = "ultrachat"
+    """prompts: 'ultrachat' (the paper's split), 'bundled' (shipped) or a .txt / .jsonl file"""
+    device: str = "auto"
+    """torch device: 'auto' (cuda if available), 'cpu', 'cuda', ..."""
+    output_dir: str = "runs"
+    """runs are written to {output_dir}/{run_name}/"""
+    run_name: str = ""
+    """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
+    save_every: int = 0
+    """write a checkpoint every this many iterations (0: only on Ctrl-C)"""
+    resume: str = ""
+    """continue the run in this directory from its checkpoint, with its arguments (flags given here override them)"""
+    iterations: int = 1000
+    """T: outer iterations (D19)"""
+    batch_size: int = 16
+    """B: prompts per iteration"""
+    samples_per_prompt: int = 4
+    """k: continuations per prompt; the oracle's best and worst form a pair (D8)"""
+    prompt_len: int = 16
+    """prompts are cut to this many tokens, BOS included (D1)"""
+    max_new_tokens: int = 75
+    """continuation length; generation stops earlier at EOS (D1)"""
+    beta: float = 0.1
+    """β: weight of KL(π_θ ‖ π_ref) in the LM objective (eq. 8)"""
+    policy_lr: float = 1e-6
+    """RMSprop learning rate of the language model"""
+    inner_steps: int = 1
+    """S: reward-model steps per outer iteration (the paper's Simultaneous: 1)"""
+    rm_lr: float = 1e-5
+    """AdamW learning rate of the reward model"""
+    rm_weight_decay: float = 0.0
+    """AdamW weight decay of the reward model (the authors' --regularize_pref)"""
+    pg_samples: Literal["pairs", "all"] = "pairs"
+    """REINFORCE on the 2B sequences of C (paper) or on all kB samples (unbiased) (D12)"""
+    pg_baseline: Literal["none", "batch_mean"] = "none"
+    """subtract the batch mean of the RM scores in REINFORCE (the paper has no baseline)"""
+    eval_every: int = 10
+    """evaluate at iteration 0 and every this many iterations (D19)"""
+    eval_batch_size: int = 32
+    """test prompts per generation batch in the evaluation"""
+
+
+LAPTOP = dict(policy_lr=1e-4, rm_lr=1e-3)
+
+if __name__ == "__main__":
+    args = common.parse_args(Args, LAPTOP)
+    common.seed_everything(args.seed)
+    tokenizer = common.load_tokenizer(args.model, args.prompt_len)
+    train_prompts = common.load_prompts(args.prompts, "train")
+    test_prompts = common.load_prompts(args.prompts, "test")
+    policy = common.load_policy(args.model, tokenizer, args.device)
+    ref_policy = common.load_policy(args.model, tokenizer, args.device).requires_grad_(False)
+    reward_model = common.load_reward_model(args.model, tokenizer, args.device)
+    policy_optimizer = torch.optim.RMSprop(policy.parameters(), lr=args.policy_lr)
+    rm_optimizer = torch.optim.AdamW(reward_model.parameters(), lr=args.rm_lr, weight_decay=args.rm_weight_decay)
+    run = common.Run(args, "simultaneous")
+    models = {"policy": policy, "reward_model": reward_model}
+    optimizers = {"policy": policy_optimizer, "reward_model": rm_optimizer}
+    counters = run.start_or_resume(models, optimizers)
+    batches = common.prompt_batches(train_prompts, args.batch_size, args.seed, skip=counters["prompts_seen"] // args.batch_size)
+    evaluation = {"reward": float("nan"), "kl": float("nan")}
+    if counters["iteration"] == 0:
+        evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
+                                     args.eval_batch_size, args.seed, args.device)
+        run.log({"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
+        run.samples(0, evaluation["samples"])
+    progress = tqdm(range(counters["iteration"] + 1, args.iterations + 1), desc="simultaneous", initial=counters["iteration"], total=args.iterations)
+    progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
+    for iteration in progress:
+        # 1. C: B prompts, k samples each from π_θ^{t-1}, best vs worst by the oracle (D8)
+        batch = common.rollout(policy, tokenizer, next(batches), args.task, args.samples_per_prompt,
+                               args.max_new_tokens, args.device)
+        counters["iteration"] = iteration
+        counters["prompts_seen"] += args.batch_size
+        counters["oracle_pairs"] += int(batch.keep.sum())
+        pairs = torch.cat([batch.rows("chosen"), batch.rows("rejected")])  # winners first, then losers
+        n_pairs = len(pairs) // 2
+        ids, mask, P = batch.input_ids, batch.attention_mask, batch.prompt_width
+        row = {**counters, "train/oracle_reward": batch.rewards.mean().item(), "train/tie_rate": batch.resampled / args.batch_size,
+               "train/dropped_pairs": args.batch_size - n_pairs}
+        if n_pairs > 0:
+            # 2. the LM's scores come from r_{ω^{t-1}}: computed before the RM step (Alg. 3)
+            pg_rows = pairs if args.pg_samples == "pairs" else torch.arange(len(ids), device=ids.device)  # D12
+            pg_ids, pg_mask, pg_continuation = ids[pg_rows], mask[pg_rows], batch.continuation_mask[pg_rows]
+            with torch.no_grad():
+                rm_scores = common.reward_model_scores(reward_model, pg_ids, pg_mask)
+                _, ref_logp = common.continuation_logprobs(ref_policy, pg_ids, pg_mask, P)
+
+            # 3. RM: S AdamW steps on L_RM(ω; C) (eq. 4), warm-started from ω^{t-1}
+            for step in range(args.inner_steps):
+                scores = common.reward_model_scores(reward_model, ids[pairs], mask[pairs])
+                margin = scores[:n_pairs] - scores[n_pairs:]
+                rm_loss = -F.logsigmoid(margin).mean()
+                if step == 0:  # accuracy on pairs this RM has not been trained on yet
+                    row["rm/accuracy"] = (margin > 0).float().mean().item()
+                rm_optimizer.zero_grad()
+                rm_loss.backward()
+                row["rm/grad_norm"] = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), float("inf")).item()
+                rm_optimizer.step()
+            row["rm/loss"] = rm_loss.item()
+
+            # 4. LM: one RMSprop step on L_LM(θ) = −(1/N) Σ_j r_{ω^{t-1}}(y_j) log π_θ(y_j|x_j) + β KL (eq. 8, 17-18)
+            weights = rm_scores - rm_scores.mean() if args.pg_baseline == "batch_mean" else rm_scores
+            token_logp, logp = common.continuation_logprobs(policy, pg_ids, pg_mask, P)
+            kl = common.exact_kl(logp, ref_logp, pg_continuation)
+            pg_loss = -(weights * (token_logp * pg_continuation).sum(1)).mean()
+            policy_loss = pg_loss + args.beta * kl.mean()
+            policy_optimizer.zero_grad()
+            policy_loss.backward()
+            row["policy/grad_norm"] = torch.nn.utils.clip_grad_norm_(policy.parameters(), float("inf")).item()
+            policy_optimizer.step()
+            row.update({"policy/loss": policy_loss.item(), "policy/pg_loss": pg_loss.item(), "policy/kl": kl.mean().item(),
+                        "rm/score_mean": rm_scores.mean().item(), "rm/score_std": rm_scores.std().item()})
+
+        if iteration % args.eval_every == 0 or iteration == args.iterations:
+            evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
+                                         args.eval_batch_size, args.seed, args.device)
+            row.update({"eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
+            run.samples(iteration, evaluation["samples"])
+            progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
+        run.end_iteration(row, counters, models, optimizers, args, "simultaneous")
+    run.finish(policy, tokenizer)
+    print(f"done: {run.dir} (final eval reward {evaluation['reward']:.3f}, KL {evaluation['kl']:.3f})")
