@@ -448,11 +448,13 @@ def flat(tensors):
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def hessian_vector_product(grads, params, vector):
+def hessian_vector_product(grads, params, vector, also_wrt=None):
     """H v for H = ∂grads/∂params, by differentiating ⟨grads, v⟩ again. `grads` must come from
-    torch.autograd.grad(..., create_graph=True); the graph is kept so one gradient serves every product."""
-    hv = torch.autograd.grad(flat(grads), params, grad_outputs=vector, retain_graph=True)
-    return flat(hv)
+    torch.autograd.grad(..., create_graph=True); the graph is kept so one gradient serves every product.
+    With `also_wrt` (a tensor `grads` depends on), the same backward also gives ∂⟨grads, v⟩/∂also_wrt: returns both."""
+    inputs = list(params) if also_wrt is None else [*params, also_wrt]
+    out = torch.autograd.grad(flat(grads), inputs, grad_outputs=vector, retain_graph=True)
+    return flat(out) if also_wrt is None else (flat(out[:-1]), out[-1])
 
 
 def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
@@ -461,35 +463,42 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
     Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0: A is indefinite there, so CG
     flags breakdown and returns, of the iterates so far (x₀ = 0 included), the one with the smallest residual; the
     last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations, residual
-    (‖r‖/‖b‖ of the returned x), breakdown}.
+    (‖r‖/‖b‖ of the returned x), breakdown, m_x}.
+
+    `matvec(p)` may return a pair (A p, M p), M any linear map whose product the same pass gives almost for free
+    (e.g. directional derivatives from the double backward of an HVP): as x = Σ_k α_k p_k, CG accumulates
+    info["m_x"] = M x = Σ_k α_k M p_k with no product of its own (None while x = 0).
     """
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     b_norm = b.norm()
     rr = r.dot(r)
-    best_x, best_rr = x.clone(), rr
-    info = {"iterations": 0, "residual": 0.0, "breakdown": False}
+    best_x, best_rr, m_x, best_m_x = x.clone(), rr, None, None
+    info = {"iterations": 0, "residual": 0.0, "breakdown": False, "m_x": None}
     if b_norm == 0:
         return x, info
     for i in range(iterations):
         if rr.sqrt() <= tol * b_norm:
             break
-        Ap = matvec(p) + damping * p
+        Ap, Mp = out if isinstance(out := matvec(p), tuple) else (out, None)
+        Ap = Ap + damping * p
         curvature = p.dot(Ap)
         if curvature <= 0:
             info["breakdown"] = True
-            x, rr = best_x, best_rr
+            x, rr, m_x = best_x, best_rr, best_m_x
             break
         alpha = rr / curvature
         x += alpha * p
+        if Mp is not None:
+            m_x = alpha * Mp if m_x is None else m_x + alpha * Mp
         r -= alpha * Ap
         rr_new = r.dot(r)
         p = r + (rr_new / rr) * p
         rr = rr_new
         if rr < best_rr:
-            best_x, best_rr = x.clone(), rr
+            best_x, best_rr, best_m_x = x.clone(), rr, m_x
         info["iterations"] = i + 1
-    info["residual"] = float(rr.sqrt() / b_norm)
+    info["residual"], info["m_x"] = float(rr.sqrt() / b_norm), m_x
     return x, info
 
 

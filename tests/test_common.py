@@ -361,3 +361,35 @@ def test_unreachable_hub_is_a_one_line_error(tmp_path, monkeypatch, capsys):
         common.load_tokenizer("no-such-org/no-such-model")
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--laptop" in err and err.strip().count("\n") == 0
+
+
+def test_hessian_vector_product_also_gives_the_derivative_along_another_input():
+    """With per-sample weights w in L = (1/N) Σ_i w_i ℓ_i, the same backward that gives H v gives ∂⟨∇L, v⟩/∂w_i =
+    ⟨∇ℓ_i, v⟩/N, the directional derivative of each ℓ_i along v (checked against per-sample gradients, float64)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    w1 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    losses = (torch.tanh(x @ w1) @ w2 - y) ** 2
+    weights = torch.ones(8, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad((weights * losses).mean(), [w1, w2], create_graph=True)
+    v = torch.randn(16, dtype=torch.float64)
+    hv, d_weights = common.hessian_vector_product(grads, [w1, w2], v, also_wrt=weights)
+    assert torch.allclose(hv, common.hessian_vector_product(grads, [w1, w2], v), rtol=1e-12)
+    per_sample = torch.stack([common.flat(torch.autograd.grad(l, [w1, w2], retain_graph=True)) for l in losses])
+    assert torch.allclose(d_weights, per_sample @ v / 8, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("indefinite", [False, True])
+def test_conjugate_gradient_carries_a_linear_map_of_its_iterate(indefinite):
+    """matvec may return (A p, M p): CG returns info["m_x"] = M x for the x it returns, also when a breakdown makes it
+    return an earlier iterate (or None for x = 0), without ever applying M to x itself."""
+    A = _spd(seed=5) - (2.0 * torch.eye(10, dtype=torch.float64) if indefinite else 0)  # indefinite: breaks down at step 5
+    M = torch.randn(3, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    b = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    x, info = common.conjugate_gradient(lambda p: (A @ p, M @ p), b, iterations=10, tol=1e-12)
+    plain, plain_info = common.conjugate_gradient(lambda p: A @ p, b, iterations=10, tol=1e-12)
+    assert torch.equal(x, plain) and plain_info["m_x"] is None and info["breakdown"] == indefinite and x.any()
+    assert torch.allclose(info["m_x"], M @ x, rtol=1e-9, atol=1e-12)
+    _, zero_info = common.conjugate_gradient(lambda p: (A @ p, M @ p), torch.zeros(10, dtype=torch.float64))
+    assert zero_info["m_x"] is None

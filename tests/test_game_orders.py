@@ -8,10 +8,8 @@ run each script as a user would, on the laptop preset, and check that the evalua
 """
 
 import itertools
-import os
 import runpy
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +17,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import common
-from conftest import REPO, eval_rewards, read_metrics
+from conftest import REPO, eval_rewards, read_metrics, start_script
 
 B, K, S, T = 2, 4, 5, 3  # prompts per batch, samples per prompt, inner steps (the paper's S), outer iterations
 GAME_SCRIPTS = ["simultaneous", "reversed", "parl"]
@@ -299,10 +297,9 @@ def short_runs(tmp_path_factory):
     runs = {}
     for script, T in SHORT_RUN.items():
         out = tmp_path_factory.mktemp(f"{script}_laptop") / "runs"
-        command = [sys.executable, str(REPO / f"{script}.py"), "--laptop", "--task", "un", "--seed", "467",
-                   "--iterations", str(T), "--eval-every", str(T), "--output-dir", str(out)]
-        runs[script] = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        env={**os.environ, "OMP_NUM_THREADS": "1"}), out
+        command = [REPO / f"{script}.py", "--laptop", "--task", "un", "--seed", "467", "--iterations", str(T),
+                   "--eval-every", str(T), "--output-dir", out]
+        runs[script] = start_script(command, env={"OMP_NUM_THREADS": "1"}), out  # forked from the warm interpreter
     yield runs
     for proc, _ in runs.values():
         proc.kill()

@@ -1,17 +1,14 @@
 """Runs that survive real use, for every algorithm script (a new script is covered by existing in conftest.SCRIPTS):
-bad input, divergence, Ctrl-C, checkpoints and exact resume, reproducibility, final weights."""
+bad input, divergence, Ctrl-C, checkpoints and exact resume, reproducibility, final weights. Each run is its own
+process, forked from a warm interpreter (conftest.ForkedRun) unless a test needs a fresh one."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, SCRIPTS, TEST_MODEL, read_metrics, run_script
+from conftest import SCRIPTS, TEST_MODEL, read_metrics, start_script
 
 # a tiny configuration on the laptop model: a few seconds per run
 PROMPTS = [f"Tell me something about topic number {i}, please." for i in range(40)]
@@ -29,58 +26,75 @@ def tiny(prompts_file, task="wc"):
             "--batch-size", "2", "--max-new-tokens", "12", "--eval-every", "3", "--eval-batch-size", "8"]
 
 
-def run_all(commands, tmp_path, env=None):
-    """Start every command at once (they are mostly interpreter start-up), then collect them."""
-    procs = []
-    for i, args in enumerate(commands):
-        out = tmp_path / f"case{i}"
-        procs.append((out, subprocess.Popen([sys.executable, *map(str, args), "--output-dir", str(out)], cwd=REPO,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})))
+def start(args, out, env=None, fresh_interpreter=False):
+    """`python args --output-dir out` on one thread, in a new process (conftest.start_script): forked from the warm
+    interpreter, or with fresh_interpreter a new `python`, what a shell starts (and there NLTK_DATA can change)."""
+    argv = [*map(str, args), "--output-dir", str(out)]
+    return start_script(argv, env={"OMP_NUM_THREADS": "1", **(env or {})}, fresh_interpreter=fresh_interpreter)
+
+
+def run_all(commands, tmp_path, env=None, fresh_interpreter=False):
+    """Start every command at once, each in its own process, then collect them: (output dir, stdout, stderr, status)."""
+    procs = [(tmp_path / f"case{i}", start(args, tmp_path / f"case{i}", env, fresh_interpreter))
+             for i, args in enumerate(commands)]
     return [(out, *p.communicate(timeout=300), p.returncode) for out, p in procs]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, prompts_file):
+    """Each bad input ends the run with exit status 2 and one `error: ...` line that names the problem (no traceback)
+    before anything is written. Every case is its own process; the first also runs in a fresh interpreter."""
     empty, latin1 = tmp_path / "empty.txt", tmp_path / "latin1.txt"
     empty.write_text("\n \n")
     latin1.write_bytes("caf\xe9 au lait?\n".encode("latin-1") * 10)
+    no_model, missing = tmp_path / "no-such-model", tmp_path / "missing.txt"
     base = [f"{script}.py", *tiny(prompts_file)]
-    cases = {
-        "unknown task": [*base, "--task", "sentiment"],
-        "unknown model": [*base, "--model", str(tmp_path / "no-such-model")],
-        "unreachable hub, no cache": [*base, "--model", "facebook/opt-125m"],
-        "missing prompts file": [*base, "--prompts", str(tmp_path / "missing.txt")],
-        "empty prompts file": [*base, "--prompts", str(empty)],
-        "non-UTF-8 prompts file": [*base, "--prompts", str(latin1)],
-        "batch size 0": [*base, "--batch-size", "0"],
-        "iterations -1": [*base, "--iterations", "-1"],
-        "resume from nowhere": [*base, "--resume", str(tmp_path / "nowhere")],
+    cases = {  # name: (command, a distinctive part of its error line)
+        "unknown task": ([*base, "--task", "sentiment"], "unknown task 'sentiment'"),
+        "unknown model": ([*base, "--model", no_model], f"could not load model '{no_model}'"),
+        "unreachable hub, no cache": ([*base, "--model", "facebook/opt-125m"], "could not load model 'facebook/opt-125m'"),
+        "missing prompts file": ([*base, "--prompts", missing], f"prompts file '{missing}' not found"),
+        "empty prompts file": ([*base, "--prompts", empty], "has 0 prompt(s)"),
+        "non-UTF-8 prompts file": ([*base, "--prompts", latin1], "is not UTF-8 text"),
+        "batch size 0": ([*base, "--batch-size", "0"], "--batch-size must be positive"),
+        "iterations -1": ([*base, "--iterations", "-1"], "--iterations must be positive"),
+        "resume from nowhere": ([*base, "--resume", tmp_path / "nowhere"], "not a run directory"),
     }
-    help_text = subprocess.run([sys.executable, f"{script}.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
+    help_run = start_script([f"{script}.py", "--help"], env={"OMP_NUM_THREADS": "1"})
+    help_text = help_run.communicate(timeout=300)[0]
+    assert help_run.returncode == 0 and "--batch-size" in help_text, help_text
     if "--samples-per-prompt" in help_text:
-        cases["one sample per prompt"] = [*base, "--samples-per-prompt", "1"]
+        cases["one sample per prompt"] = ([*base, "--samples-per-prompt", "1"], "--samples-per-prompt must be at least 2")
     for coef in ("--beta", "--tau"):
         if coef in help_text:
-            cases[f"negative {coef}"] = [*base, coef, "-0.1"]
-    results = run_all(cases.values(), tmp_path, env={"HF_HUB_OFFLINE": "1"})
-    for (name, _), (out, stdout, stderr, code) in zip(cases.items(), results):
+            cases[f"negative {coef}"] = ([*base, coef, "-0.1"], f"{coef} must be non-negative")
+    env = {"HF_HUB_OFFLINE": "1"}
+    fresh = start(cases["unknown task"][0], tmp_path / "fresh", env=env, fresh_interpreter=True)  # runs meanwhile
+    results = dict(zip(cases, run_all([command for command, _ in cases.values()], tmp_path, env=env)))
+    results["unknown task, fresh interpreter"] = (tmp_path / "fresh", *fresh.communicate(timeout=300), fresh.returncode)
+    cases["unknown task, fresh interpreter"] = cases["unknown task"]
+    for name, (out, stdout, stderr, code) in results.items():
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert code == 2, f"{name}: exit {code}\n{stderr[-2000:]}"
         assert lines and lines[-1].startswith("error: ") and "Traceback" not in stderr, f"{name}: {stderr[-2000:]}"
+        assert cases[name][1] in lines[-1], f"{name}: failed for another reason: {lines[-1]}"
         assert not out.exists() or not any(out.iterdir()), f"{name}: wrote {list(out.iterdir())}"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_missing_nltk_tagger_data_is_a_one_line_error(script, tmp_path, prompts_file):
+    """Without the tagger data, `--task un` stops with one line that says how to get it, before writing anything
+    (a fresh interpreter: NLTK reads NLTK_DATA and HOME when it is imported)."""
     env = {"NLTK_DATA": str(tmp_path / "no-nltk-data"), "HOME": str(tmp_path)}
-    (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file, task="un")]], tmp_path, env=env)
+    (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file, task="un")]], tmp_path, env=env,
+                                          fresh_interpreter=True)
     assert code == 2 and stderr.strip().splitlines()[-1].startswith("error: NLTK tagger data missing"), stderr[-2000:]
     assert not out.exists()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_an_existing_run_directory_is_refused(script, tmp_path, prompts_file):
+    """--run-name of a directory that exists: exit 2 and one line, and the directory is left as it was."""
     (tmp_path / "case0" / "taken").mkdir(parents=True)
     (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file), "--run-name", "taken"]], tmp_path)
     assert code == 2 and "already exists" in stderr.strip().splitlines()[-1]
@@ -89,6 +103,8 @@ def test_an_existing_run_directory_is_refused(script, tmp_path, prompts_file):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_divergence_stops_with_the_iteration_and_quantity_and_keeps_the_metrics(script, tmp_path, prompts_file):
+    """A non-finite metric stops the run with exit 3 and a line naming the iteration and the quantity; the metrics of
+    every earlier iteration are kept, finite, and no checkpoint or final weights are saved."""
     lr_flag = "--policy-lr"
     (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file), lr_flag, "1e30", "--iterations", "6",
                                              "--run-name", "div"]], tmp_path)
@@ -114,10 +130,7 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_the_uninterrupted_run(script, 
     from transformers import AutoModelForCausalLM
 
     args = [f"{script}.py", *tiny(prompts_file), "--iterations", "6"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {name: subprocess.Popen([sys.executable, *map(str, args), "--output-dir", str(tmp_path / name), "--run-name", name],
-                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for name in ("a", "b")}
+    procs = {name: start([*args, "--run-name", name], tmp_path / name) for name in ("a", "b")}
     metrics = tmp_path / "b" / "b" / "metrics.csv"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -125,17 +138,17 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_the_uninterrupted_run(script, 
     procs["b"].send_signal(signal.SIGINT)
     _, err = procs["b"].communicate(timeout=300)
     assert procs["b"].returncode == 130, err[-3000:]
-    _, full_err = procs["a"].communicate(timeout=300)
-    assert procs["a"].returncode == 0, full_err[-3000:]
     full = tmp_path / "a"
     run_dir = tmp_path / "b" / "b"
     assert f"--resume {run_dir}" in err.strip().splitlines()[-1]
     assert (run_dir / "checkpoint" / "state.pt").exists() and not (run_dir / "checkpoint.tmp").exists()
     stopped_at = len(read_metrics(run_dir)) - 1
     assert 1 <= stopped_at < 6
-    resumed = subprocess.run([sys.executable, f"{script}.py", "--resume", str(run_dir)], cwd=REPO, capture_output=True,
-                             text=True, env=env, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = start_script([f"{script}.py", "--resume", run_dir], env={"OMP_NUM_THREADS": "1"})  # while a finishes
+    _, full_err = procs["a"].communicate(timeout=300)
+    assert procs["a"].returncode == 0, full_err[-3000:]
+    _, resumed_err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, resumed_err[-3000:]
     assert _metrics_without_time(run_dir) == _metrics_without_time(full / "a")
     policy = AutoModelForCausalLM.from_pretrained(run_dir / "policy")
     reference = AutoModelForCausalLM.from_pretrained(full / "a" / "policy")

@@ -7,9 +7,6 @@ script does, and assemble the leader's gradient the way the script does: naive p
 """
 
 import itertools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from safetensors.torch import load_file
 
 import common
 import sta_total
-from conftest import REPO, eval_rewards, read_metrics, run_script
+from conftest import eval_rewards, read_metrics, run_script, start_script
 
 
 # ---------------------------------------------------------------------------------------------------- quadratic toy
@@ -241,9 +238,8 @@ def test_hessian_vector_products_are_symmetric_on_the_laptop_reward_model(model_
 
 # ---------------------------------------------------------------------------------------------------- the script
 def start(script, flags, out_dir):
-    return subprocess.Popen([sys.executable, f"{script}.py", *map(str, flags), "--output-dir", str(out_dir)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """`python {script}.py flags --output-dir out_dir` on one thread, forked from the warm interpreter if it can be."""
+    return start_script([f"{script}.py", *flags, "--output-dir", out_dir], env={"OMP_NUM_THREADS": "1"})
 
 
 def finish(proc, out_dir):
@@ -295,16 +291,16 @@ def test_total_reduces_to_naive_bit_for_bit(model_dir, tmp_path):
 
 
 def test_laptop_run_raises_the_evaluation_reward(tmp_path):
-    """The laptop preset (λ = 10, CG to a 1e-3 residual), as a user runs it, shortened: the evaluation reward rises,
+    """The laptop preset (λ = 10, CG to the default 1e-2 residual), as a user runs it, shortened: the evaluation reward rises,
     CG converges on most iterations, and its returned u is never worse than u = 0 (D13's breakdown guard)."""
     proc, run_dir = run_script("sta_total", "--laptop", "--task", "wc", "--seed", "467", "--iterations", "4",
                                "--eval-every", "4", "--batch-size", "8", tmp_path=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rewards = dict(eval_rewards(run_dir))
     assert set(rewards) == {0, 4}
-    assert rewards[4] > rewards[0] + 0.75, rewards  # measured: 1.33 → 2.89
+    assert rewards[4] > rewards[0] + 0.75, rewards  # measured: 1.33 → 2.79
     rows = [r for r in read_metrics(run_dir) if r.get("cg/iterations")]
     assert len(rows) == 4
     assert all(float(r["cg/residual"]) <= 1.0 + 1e-4 for r in rows)  # float32 norms
-    converged = [r["cg/breakdown"] == "0" and float(r["cg/residual"]) <= 1e-3 for r in rows]
+    converged = [r["cg/breakdown"] == "0" and float(r["cg/residual"]) <= 1e-2 for r in rows]
     assert sum(converged) >= 2, rows

@@ -1,18 +1,28 @@
 """Cost of Total STA against Naive STA, and the CG damping λ (issue 6; the paper's Table 1 has Total at 2.6-4.6×
 Naive's wall time and gives no λ).
 
-Timing: runs sta_naive.py and sta_total.py with the same flags, `--repeats` times, alternating, each in its own child
-process (so each has its own peak memory), and prints seconds per outer iteration for both, their ratio and peak
-memory. An iteration is timed from the end of the previous one to its own end, in wall-clock and in CPU time (the
-latter is what to compare on a shared machine); the first iteration (warm-up) and those that evaluate are left out,
-so pass --iterations ≥ 3 and an --eval-every beyond it. Peak memory is the child's peak resident set (getrusage) and,
-on CUDA, torch.cuda.max_memory_allocated.
+Timing: runs sta_naive.py and sta_total.py with the same flags (sta_total.py's own, e.g. --cg-tol, go to it alone),
+`--repeats` times, alternating, each in its own child process (so each has its own peak memory), and prints seconds
+per outer iteration for both, their ratio and peak memory. An iteration is timed from the end of the previous one to
+its own end, in wall-clock and in CPU time (the latter is what to compare on a shared machine); the first iteration
+(warm-up) and those that evaluate are left out, so pass --iterations ≥ 3 and an --eval-every beyond it. Peak memory
+is the child's peak resident set (getrusage) and, on CUDA, torch.cuda.max_memory_allocated.
 
 Damping: `--damping 0.01,0.1,1` runs sta_total.py once per λ instead and prints, per λ, the CG iterations, the
 relative residual ‖(H + λI)u − b‖/‖b‖, the breakdown rate (non-positive curvature) and the size of the implicit part.
 
+Tolerance: `--tolerance 1e-1,1e-2,1e-3` runs sta_total.py once per --cg-tol and, at every outer iteration, also
+solves the same system to a relative residual of 1e-7 (at most 50 CG steps); it prints the CG steps taken and the
+relative error of u and of c = (⟨∇_ω ℓ_i, u⟩)_i against that reference: the implicit part is linear in c, so c's
+error is the implicit part's error.
+
     python tools/bench_total.py --laptop --iterations 12 --eval-every 1000
     python tools/bench_total.py --damping 0.1,1,10 --laptop --iterations 20 --eval-every 1000
+    python tools/bench_total.py --tolerance 1e-1,1e-2,1e-3 --laptop --iterations 20 --eval-every 1000
+    python tools/bench_total.py --profile --laptop --iterations 12 --eval-every 1000
+
+Profile: `--profile` runs each script once with every common.* call (rollout, RM scores, log-probs, CG, HVPs), every
+autograd pass (by the script line that asks for it) and every optimizer step timed, and prints ms per iteration.
 """
 
 import csv
@@ -29,11 +39,62 @@ REPO = Path(__file__).resolve().parents[1]
 # runs one script in this child process, timing each outer iteration (wall and CPU time, at the end of each
 # iteration), then reports the timings and the peak memory on its last line
 CHILD = """
-import json, resource, runpy, sys, time, torch
+import json, os, resource, runpy, sys, time, torch
 import common
-marks, end_iteration = [], common.Run.end_iteration
+marks, errors, end_iteration = [], [], common.Run.end_iteration
+if os.environ.get("BENCH_CG_REFERENCE"):  # --tolerance: compare each solve with a tight one of the same system
+    solve = common.conjugate_gradient
+    def checked_solve(matvec, b, iterations=10, damping=0.0, tol=1e-10):
+        u, info = solve(matvec, b, iterations, damping, tol)
+        reference, reference_info = solve(matvec, b, 50, damping, 1e-7)
+        relative = lambda x, y: float((x - y).norm() / y.norm()) if y is not None and y.any() else 0.0  # y = 0: both 0
+        errors.append({"u": relative(u, reference), "c": relative(info["m_x"], reference_info["m_x"]), "steps": info["iterations"]})
+        return u, info
+    common.conjugate_gradient = checked_solve
+profile, in_eval = {}, []
+if os.environ.get("BENCH_PROFILE"):  # --profile: time every common call, autograd pass and optimizer step by call site
+    import linecache
+    def timed(label_of, fn):
+        def wrapper(*args, **kwargs):
+            if in_eval:
+                return fn(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            entry = profile.setdefault(label_of(), [0.0, 0])
+            entry[0] += time.perf_counter() - start
+            entry[1] += 1
+            return out
+        return wrapper
+    def call_site():  # the script line (or common.py function) that made the call
+        frame = sys._getframe(2)
+        while frame.f_code.co_filename.endswith(("bench_total.py", "<string>")) or "torch" in frame.f_code.co_filename:
+            frame = frame.f_back
+        where = os.path.basename(frame.f_code.co_filename)
+        if where == "common.py":
+            return f"common.{frame.f_code.co_name}: autograd"
+        return f"{where}:{frame.f_lineno} " + linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()[:70]
+    for name in ("rollout", "reward_model_scores", "continuation_logprobs", "conjugate_gradient", "hessian_vector_product"):
+        setattr(common, name, timed(lambda name=name: f"common.{name}", getattr(common, name)))
+    torch.autograd.grad = timed(call_site, torch.autograd.grad)
+    torch.Tensor.backward = timed(call_site, torch.Tensor.backward)
+    for optimizer in (torch.optim.RMSprop, torch.optim.AdamW):
+        optimizer.step = timed(lambda optimizer=optimizer: f"{optimizer.__name__}.step", optimizer.step)
+    evaluate = common.evaluate
+    def untimed_evaluate(*args, **kwargs):
+        in_eval.append(1)
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            in_eval.pop()
+    common.evaluate = untimed_evaluate
 def timed_end_iteration(run, row, *args):
     marks.append((time.perf_counter(), time.process_time(), "eval/reward" in row))
+    if len(marks) == 1:  # the first iteration is warm-up
+        profile.clear()
     return end_iteration(run, row, *args)
 common.Run.end_iteration = timed_end_iteration
 script = sys.argv[1]
@@ -42,15 +103,15 @@ runpy.run_path(script, run_name="__main__")
 peak = {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if torch.cuda.is_available():
     peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-print("bench " + json.dumps({"marks": marks, "peak": peak}))
+print("bench " + json.dumps({"marks": marks, "peak": peak, "errors": errors, "profile": profile}))
 """
 
 
-def run(script, flags, out_dir, name):
-    """Run a script to completion; returns (metrics rows, [(wall, CPU) seconds of each timed iteration], peak memory).
-    Timed: iterations 2, 3, ... without an evaluation (the first one is warm-up)."""
+def run(script, flags, out_dir, name, env=None):
+    """Run a script to completion; returns (metrics rows, [(wall, CPU) seconds of each timed iteration], peak memory,
+    CG errors). Timed: iterations 2, 3, ... without an evaluation (the first one is warm-up)."""
     proc = subprocess.run([sys.executable, "-c", CHILD, f"{script}.py", *flags, "--output-dir", str(out_dir), "--run-name", name],
-                          cwd=REPO, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **os.environ})
+                          cwd=REPO, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **os.environ, **(env or {})})
     if proc.returncode != 0:
         sys.exit(f"{script} failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("bench "))
@@ -60,14 +121,26 @@ def run(script, flags, out_dir, name):
         sys.exit("no timed iteration: pass --iterations 3 or more and an --eval-every beyond it")
     with open(out_dir / name / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    return rows, seconds, report["peak"]
+    report["seconds"] = seconds
+    return rows, seconds, report["peak"], report
+
+
+def naive_flags(flags):
+    """The flags without sta_total.py's own (--cg-*, --mixed-score, --[no-]implicit), which sta_naive.py does not take."""
+    kept, i = [], 0
+    while i < len(flags):
+        own = flags[i].startswith(("--cg-", "--mixed-score", "--implicit", "--no-implicit"))
+        takes_value = own and "=" not in flags[i] and flags[i] not in ("--implicit", "--no-implicit")
+        kept += [] if own else [flags[i]]
+        i += 2 if takes_value else 1
+    return kept
 
 
 def timing(flags, repeats, tmp):
     results = {"sta_naive": ([], []), "sta_total": ([], [])}
     for r in range(repeats):
         for script, (seconds, peaks) in results.items():
-            _, s, peak = run(script, flags, tmp, f"{script}_{r}")
+            _, s, peak, _ = run(script, naive_flags(flags) if script == "sta_naive" else flags, tmp, f"{script}_{r}")
             seconds += s
             peaks.append(peak)
             print(f"{script} run {r}: {statistics.mean(w for w, _ in s):.3f} s/iteration wall, "
@@ -85,7 +158,7 @@ def damping(flags, lambdas, tmp):
     print(f"flags: {' '.join(flags)}")
     print("λ        CG iterations  residual (median, max)  breakdowns  ‖u‖ (median)  ‖implicit‖/‖naive‖ (median)  cosine (mean)")
     for lam in lambdas:
-        rows, _, _ = run("sta_total", [*flags, "--cg-damping", lam], tmp, f"damping_{lam}")
+        rows, _, _, _ = run("sta_total", [*flags, "--cg-damping", lam], tmp, f"damping_{lam}")
         rows = [r for r in rows if r.get("cg/iterations")]
         get = lambda key: [float(r[key]) for r in rows]
         ratio = [i / n for i, n in zip(get("policy/implicit_grad_norm"), get("policy/naive_grad_norm"))]
@@ -94,18 +167,46 @@ def damping(flags, lambdas, tmp):
               f"  {statistics.median(ratio):27.3g}  {statistics.mean(get('policy/implicit_cosine')):13.3f}", flush=True)
 
 
+def profiled(flags, tmp):
+    print(f"flags: {' '.join(flags)}")
+    print("ms per outer iteration (inclusive: common.conjugate_gradient contains the HVPs, a script line its calls)")
+    for script in ("sta_naive", "sta_total"):
+        rows, seconds, _, report = run(script, naive_flags(flags) if script == "sta_naive" else flags, tmp, f"profile_{script}",
+                                       env={"BENCH_PROFILE": "1"})
+        iterations = len(report["marks"]) - 1
+        print(f"\n{script}: {statistics.mean(w for w, _ in seconds) * 1000:.0f} ms per iteration (wall, timing wrappers on)")
+        for label, (total, calls) in sorted(report["profile"].items(), key=lambda item: -item[1][0]):
+            print(f"  {total / iterations * 1000:8.0f} ms  {calls / iterations:5.1f} calls  {label}")
+
+
+def tolerance(flags, tolerances, tmp):
+    print(f"flags: {' '.join(flags)}")
+    print("tol      CG steps (mean, max)  relative error of u (median, max)  of c (median, max)  breakdowns")
+    for tol in tolerances:
+        rows, _, _, report = run("sta_total", [*flags, "--cg-tol", tol], tmp, f"tolerance_{tol}", env={"BENCH_CG_REFERENCE": "1"})
+        errors = report["errors"]
+        steps, u, c = ([e[key] for e in errors] for key in ("steps", "u", "c"))
+        breakdowns = sum(int(r["cg/breakdown"]) for r in rows if r.get("cg/breakdown"))
+        print(f"{tol:<8} {statistics.mean(steps):8.1f} {max(steps):6d}  {statistics.median(u):17.2e} {max(u):10.2e}  "
+              f"{statistics.median(c):12.2e} {max(c):9.2e}  {breakdowns:4d}/{len(errors)}", flush=True)
+
+
 if __name__ == "__main__":
     flags = sys.argv[1:]
     if "-h" in flags or "--help" in flags:
         sys.exit(print(__doc__))
-    options = {"--repeats": "2", "--damping": ""}
-    for option in options:
+    options = {"--repeats": "2", "--damping": "", "--tolerance": "", "--profile": None}
+    for option, value in options.items():
         if option in flags:
             i = flags.index(option)
-            options[option] = flags[i + 1]
-            del flags[i : i + 2]
+            options[option] = True if value is None else flags[i + 1]
+            del flags[i : i + (1 if value is None else 2)]
     with tempfile.TemporaryDirectory() as tmp:
         if options["--damping"]:
             damping(flags, options["--damping"].split(","), Path(tmp))
+        elif options["--profile"]:
+            profiled(flags, Path(tmp))
+        elif options["--tolerance"]:
+            tolerance(flags, options["--tolerance"].split(","), Path(tmp))
         else:
             timing(flags, int(options["--repeats"]), Path(tmp))
