@@ -8,8 +8,8 @@ The language model π_θ leads, the reward model r_ω follows. Each outer iterat
      L_LM(θ) = −(1/N) Σ_j r_{ω^t}(y_j; x_j) · log π_θ(y_j|x_j) + β (1/N) Σ_j Σ_t KL(π_θ(·|s_t) ‖ π_ref(·|s_t)).
      "Only using ∇_θ R_LM results in our naive STA-RLHF algorithm": Total STA adds eq. 11's implicit term,
      dF/dθ = ∇_θ R^β_LM − ∇_θ⟨∇_ω L_RM, u⟩ with (H + λI) u = ∇_ω R_LM and H = ∇²_ω L_RM on C, all at (θ^{t-1}, ω^t):
-     b = ∇_ω R_LM is the gradient of the mean RM score over the REINFORCE sequences (eq. 34-35); u comes from 10
-     conjugate-gradient steps whose Hessian-vector products differentiate one create_graph gradient again (D13);
+     b = ∇_ω R_LM is the gradient of the mean RM score over the REINFORCE sequences (eq. 34-35); u comes from at most
+     10 conjugate-gradient steps whose Hessian-vector products differentiate one create_graph gradient again (D13);
      θ enters L_RM only through the sampling of C, so the mixed term is a score-function estimate (eq. 19-26),
      ∇_θ (1/|C|) Σ_i sg(c_i)·(log π_θ(y_w,i|x_i) + log π_θ(y_l,i|x_i)) with c_i = ⟨∇_ω ℓ_i, u⟩ the directional
      derivative of pair i's loss ℓ_i = −log σ(r_ω(y_w,i) − r_ω(y_l,i)) along u.
@@ -87,7 +87,7 @@ class Args:
     """λ: damping added to the Hessian of the RM loss, which is indefinite away from a minimum (D13; measured on
     SmolLM2-135M: λ ≤ 1 broke down on every iteration, λ = 100 on none; README)"""
     cg_tol: float = 1e-2
-    """CG stops before cg_iterations once ‖(H + λI)u − b‖ ≤ cg_tol·‖b‖; each step is one HVP (~7 RM forwards); at 1e-2,
+    """CG stops before cg_iterations once ‖(H + λI)u − b‖ ≤ cg_tol·‖b‖; each step is one HVP (~6 RM forwards); at 1e-2,
     u and c were measured within 1% of a tight solve (README)"""
     mixed_score: Literal["pairs", "all"] = "pairs"
     """score of the mixed term: log π of the selected pair (eq. 22) or of all k samples (needs --pg-samples all)"""
