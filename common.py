@@ -125,10 +125,18 @@ def _read_ultrachat(path, start, stop):
     return prompts
 
 
-def load_prompts(source, split):
-    """Prompts of a split ('train' or 'test').
+def load_prompts(source, split, min_prompts=1):
+    """Prompts of a split ('train' or 'test') of `source` (_read_prompts); fewer than min_prompts is bad input (a
+    batch larger than the prompts would have to repeat some)."""
+    prompts = _read_prompts(source, split)
+    if len(prompts) < min_prompts:
+        fail(f"--batch-size {min_prompts} is larger than the {len(prompts)} {split} prompts of {source!r}: "
+             f"pass a --batch-size of at most {len(prompts)}, or more prompts")
+    return prompts
 
-    source: 'ultrachat' (stingning/ultrachat, train_0.jsonl: train rows [0, 32000), test rows [32000, 32160), SPEC §1.2),
+
+def _read_prompts(source, split):
+    """source: 'ultrachat' (stingning/ultrachat, train_0.jsonl: train rows [0, 32000), test rows [32000, 32160), SPEC §1.2),
     'bundled' (data/prompts/{split}.txt), or a path to a .txt (one prompt a line) or .jsonl file ({"prompt": ...}
     per line, or UltraChat's {"data": [...]}); a user file is split into test = its last 160 prompts (its last
     fifth when it has fewer than 800) and train = the rest.
@@ -145,7 +153,8 @@ def load_prompts(source, split):
             try:
                 from huggingface_hub import hf_hub_download
 
-                path = hf_hub_download("stingning/ultrachat", "train_0.jsonl", repo_type="dataset")
+                path = hf_hub_download("stingning/ultrachat", "train_0.jsonl", repo_type="dataset",
+                                       local_files_only=not hub_reachable())
             except Exception as e:
                 fail(f"could not download the UltraChat prompts ({type(e).__name__}); {OFFLINE_HINT}, or --prompts FILE")
             start, stop = (0, 32000) if split == "train" else (32000, 32160)
@@ -178,13 +187,18 @@ def load_prompts(source, split):
 
 
 def prompt_batches(prompts, batch_size, seed, skip=0):
-    """Endless batches of B prompts, drawn without replacement and reshuffled every epoch (x ∼ μ); `skip` batches
-    are drawn and dropped first (a resumed run continues the same sequence)."""
+    """Endless batches of B distinct prompts (B ≤ len(prompts)), drawn without replacement and reshuffled every epoch
+    (x ∼ μ); `skip` batches are drawn and dropped first (a resumed run continues the same sequence)."""
+    assert batch_size <= len(prompts), "load_prompts(..., min_prompts=batch_size) checks this"
     rng = random.Random(seed)
     order = []
     while True:
         if len(order) < batch_size:
-            order += rng.sample(range(len(prompts)), len(prompts))
+            # an epoch's leftovers open the next batch, filled up with new-epoch prompts that are not among them
+            leftovers, epoch = set(order), rng.sample(range(len(prompts)), len(prompts))
+            fill = [i for i in epoch if i not in leftovers][: batch_size - len(order)]
+            filled = set(fill)
+            order += fill + [i for i in epoch if i not in filled]
         if skip > 0:
             skip -= 1
         else:
@@ -230,18 +244,64 @@ def cache_dir():
     return Path(os.environ.get("STACKELBERG_CACHE", Path.home() / ".cache" / "stackelberg-rlhf"))
 
 
+_HUB = {}
+
+
+def hub_reachable(timeout=3.0):
+    """Whether the Hugging Face hub answers, asked once per process with a short timeout: when it does not, hub files
+    load from the local cache only, so that an offline run fails (or starts from its cache) at once instead of after
+    ~50 s of retries."""
+    if "reachable" not in _HUB:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+
+        try:
+            _HUB["reachable"] = not constants.HF_HUB_OFFLINE and get_session().head(constants.ENDPOINT, timeout=timeout) is not None
+        except Exception:  # no route, DNS, proxy, TLS: all mean "not reachable from here"
+            _HUB["reachable"] = False
+        if not _HUB["reachable"]:  # offline mode for the rest of the run: no library makes requests of its own either
+            constants.HF_HUB_OFFLINE = True
+    return _HUB["reachable"]
+
+
 def _load(loader, name, **kwargs):
+    """loader.from_pretrained for a model name (model_source), quietly: transformers' load report and progress bars
+    are off (a fresh reward head is expected, D5; load_model reports anything else missing)."""
+    from transformers.utils import logging
+
     path, extra = model_source(name)
+    if not Path(path).is_dir() and not hub_reachable():
+        extra = {**extra, "local_files_only": True}
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         return loader.from_pretrained(path, **extra, **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(f"could not load model {name!r} ({first[:200]}); {OFFLINE_HINT}")
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def load_model(loader, name, expected_missing="", **kwargs):
+    """_load for weights: one warning line when weights other than `expected_missing` (a name prefix, e.g. the
+    reward model's fresh head) are missing from the checkpoint and were initialised at random."""
+    model, info = _load(loader, name, output_loading_info=True, **kwargs)
+    missing = sorted(k for k in info["missing_keys"] if not (expected_missing and k.startswith(expected_missing)))
+    if missing:
+        print(f"warning: {name}: {len(missing)} weight(s) missing from the checkpoint, initialised at random: "
+              f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}", file=sys.stderr)
+    return model
 
 
 def load_tokenizer(name, prompt_len=16):
-    """D3: left padding for batched generation, a pad token (OPT's own <pad>, id 1), prompts cut to prompt_len tokens."""
-    from transformers import AutoTokenizer
+    """D3: left padding for batched generation, a pad token (OPT's own <pad>, id 1), prompts cut to prompt_len tokens.
+
+    D1: a prompt starts with the model's BOS when its config has one (OPT was trained on `</s>` + text). Whether a
+    byte-level BPE tokenizer prepends it has changed across transformers releases (#17498, #18753, #25886), so a
+    tokenizer that does not is given a post-processor that does; prompt_len counts it."""
+    from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = _load(AutoTokenizer, name)
     tokenizer.padding_side = "left"
@@ -249,7 +309,27 @@ def load_tokenizer(name, prompt_len=16):
     tokenizer.model_max_length = prompt_len
     if tokenizer.pad_token is None:  # masks are built from positions, so a pad equal to EOS is harmless (D3)
         tokenizer.pad_token = tokenizer.eos_token
+    bos = getattr(_load(AutoConfig, name), "bos_token_id", None)
+    if bos is not None and tokenizer("x").input_ids[0] != bos:
+        prepend_bos(tokenizer, bos)
     return tokenizer
+
+
+def prepend_bos(tokenizer, bos_id):
+    """Make a fast tokenizer put token bos_id first in every encoding (after its own post-processing), so that
+    truncation to model_max_length keeps room for it; one line and exit 2 where that is not possible."""
+    from tokenizers import processors
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        fail(f"the tokenizer does not start prompts with the model's BOS (id {bos_id}) and is not a fast tokenizer "
+             f"that can be made to: use a tokenizer that adds it")
+    bos = tokenizer.convert_ids_to_tokens(bos_id)
+    template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, bos_id)])
+    existing = backend.post_processor
+    backend.post_processor = template if existing is None else processors.Sequence([existing, template])
+    if tokenizer("x").input_ids[0] != bos_id:
+        fail(f"could not make the tokenizer start prompts with the model's BOS (id {bos_id}): use a tokenizer that adds it")
 
 
 def _no_dropout_config(name, tokenizer, config_cls, **kwargs):
@@ -267,7 +347,13 @@ def load_policy(name, tokenizer, device, dtype=torch.float32):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = _no_dropout_config(name, tokenizer, AutoConfig)
-    model = _load(AutoModelForCausalLM, name, config=config, dtype=dtype)
+    model = load_model(AutoModelForCausalLM, name, config=config, dtype=dtype)
+    # D2: a model's generation_config.json fills every option our sampling_config leaves unset (min_p, typical_p,
+    # epsilon_cutoff, suppress_tokens, min_length, ...): start from transformers' neutral defaults instead
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig()
+    check_pure_sampling(model, sampling_config(tokenizer, 1))
     return model.to(device).eval()
 
 
@@ -277,7 +363,8 @@ def load_reward_model(name, tokenizer, device, dtype=torch.float32):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = _no_dropout_config(name, tokenizer, AutoConfig, num_labels=1)
-    model = _load(AutoModelForSequenceClassification, name, config=config, dtype=dtype, attn_implementation="eager")
+    model = load_model(AutoModelForSequenceClassification, name, expected_missing="score.", config=config, dtype=dtype,
+                       attn_implementation="eager")
     return model.to(device).eval()
 
 
@@ -317,6 +404,22 @@ def sampling_config(tokenizer, max_new_tokens):
     )
 
 
+# the only logits processor pure sampling may run: it turns a diverged policy's nan logits into a finite row
+PURE_SAMPLING_PROCESSORS = {"InfNanRemoveLogitsProcessor"}
+
+
+def check_pure_sampling(policy, config):
+    """D2, asserted: the logits processors and warpers `generate` builds from `config`, merged with the model's own
+    generation_config as generate merges them, are only PURE_SAMPLING_PROCESSORS."""
+    prepared, model_kwargs = policy._prepare_generation_config(config)
+    processors = policy._get_logits_processor(generation_config=prepared, input_ids_seq_length=1, device="cpu",
+                                              model_kwargs=model_kwargs)
+    extra = sorted({type(p).__name__ for p in processors} - PURE_SAMPLING_PROCESSORS)
+    if extra:
+        fail(f"sampling would not be pure (D2): generate adds {', '.join(extra)}; report this with the model's "
+             f"generation_config.json")
+
+
 @torch.no_grad()
 def sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens):
     """D2: pure ancestral sampling (top_k 0, top_p 1, temperature 1), one continuation per row, stop at EOS.
@@ -324,6 +427,7 @@ def sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens):
     Returns (continuation ids [N, n], continuation mask [N, n]); tokens after the first EOS are pad with mask 0.
     """
     config = sampling_config(tokenizer, max_new_tokens)
+    check_pure_sampling(policy, config)
     out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     continuation = out[:, prompt_ids.shape[1]:]
     mask = continuation_mask(continuation, tokenizer.eos_token_id)
@@ -353,7 +457,9 @@ class Rollout:
     keep: torch.Tensor  # [B] bool: False where all k samples still tied after the retries (dropped from C, D8)
     prompt_texts: list  # [B] the truncated prompts as the oracle saw them
     continuation_texts: list  # [B*k]
-    resampled: int  # prompts whose k samples were drawn again because of a tie
+    first_draw_ties: int  # prompts whose k first samples all tied (D8)
+    redraws: int  # redraws of a tied prompt's k samples, each one more oracle ranking (≤ tie_retries per prompt)
+    queries: int  # preference queries to the oracle: rankings of a prompt's k samples, redraws included (B + redraws)
 
     def rows(self, which):
         """Sequence rows of the chosen or rejected sample of every kept prompt."""
@@ -368,7 +474,7 @@ def rollout(policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens
     """Generate k continuations per prompt, score them with the oracle and rank them (D8).
 
     query_oracle=False (PARL's inner batches, D14): no oracle call; rewards are NaN (never tied, so nothing is
-    resampled) and no pair is kept."""
+    redrawn), no pair is kept and no query counted."""
     k = samples_per_prompt
     prompt_ids, prompt_mask, prompt_texts = encode_prompts(tokenizer, prompts, device)
     prompt_ids, prompt_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
@@ -378,12 +484,12 @@ def rollout(policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens
         rewards = torch.tensor([oracle(task, prompt_texts[i // k], t) for i, t in enumerate(texts)]).view(-1, k)
     else:
         rewards = torch.full((len(prompt_texts), k), float("nan"))
-    resampled = 0
+    first_draw_ties, redraws = int((rewards.max(1).values == rewards.min(1).values).sum()), 0
     for _ in range(tie_retries):  # D8: resample every sample of a tied prompt, up to tie_retries times
         tied = (rewards.max(1).values == rewards.min(1).values).nonzero().flatten().tolist()
         if not tied:
             break
-        resampled += len(tied)
+        redraws += len(tied)
         rows = torch.tensor([b * k + j for b in tied for j in range(k)], device=device)
         new_cont, new_mask = sample(policy, tokenizer, prompt_ids[rows], prompt_mask[rows], max_new_tokens)
         width = max(continuation.shape[1], new_cont.shape[1])
@@ -399,20 +505,22 @@ def rollout(policy, tokenizer, prompts, task, samples_per_prompt, max_new_tokens
         input_ids=torch.cat([prompt_ids, continuation], 1), attention_mask=torch.cat([prompt_mask, mask], 1),
         prompt_width=prompt_ids.shape[1], continuation_mask=mask, rewards=rewards, chosen=chosen.to(device),
         rejected=rejected.to(device), keep=~tied.to(device) & query_oracle, prompt_texts=prompt_texts, continuation_texts=texts,
-        resampled=resampled,
+        first_draw_ties=first_draw_ties, redraws=redraws, queries=(len(prompts) + redraws) * query_oracle,
     )
 
 
 # ---------------------------------------------------------------------------------------------------- log-probs and KL
-def continuation_logprobs(model, input_ids, attention_mask, prompt_width):
+def continuation_logprobs(model, input_ids, attention_mask, prompt_width, return_hidden=False):
     """D4: fp32 log-softmax of the logits that predict each continuation token of prompt ⊕ continuation.
 
-    Returns (per-token log-prob of the sampled token [N, n], full log-distribution [N, n, V]).
+    Returns (per-token log-prob of the sampled token [N, n], full log-distribution [N, n, V]), and with return_hidden
+    the last hidden states at those positions [N, n, d] from the same forward (the model's last_hidden_state).
     Sequence log-prob = (token log-probs * continuation mask).sum(1).
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, prompt_width - 1 : -1]
-    logp = logits.float().log_softmax(-1)
-    return logp.gather(-1, input_ids[:, prompt_width:, None]).squeeze(-1), logp
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=return_hidden)
+    logp = out.logits[:, prompt_width - 1 : -1].float().log_softmax(-1)
+    token_logp = logp.gather(-1, input_ids[:, prompt_width:, None]).squeeze(-1)
+    return (token_logp, logp, out.hidden_states[-1][:, prompt_width - 1 : -1]) if return_hidden else (token_logp, logp)
 
 
 def exact_kl(logp, ref_logp, mask):
@@ -462,8 +570,9 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
 
     Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0: A is indefinite there, so CG
     flags breakdown and returns, of the iterates so far (x₀ = 0 included), the one with the smallest residual; the
-    last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations, residual
-    (‖r‖/‖b‖ of the returned x), breakdown, m_x}.
+    last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations (steps taken),
+    returned_iterate (k of the x_k returned: iterations, or fewer after a breakdown), residual (‖r‖/‖b‖ of the
+    returned x), breakdown, m_x}.
 
     `matvec(p)` may return a pair (A p, M p), M any linear map whose product the same pass gives almost for free
     (e.g. directional derivatives from the double backward of an HVP): as x = Σ_k α_k p_k, CG accumulates
@@ -473,8 +582,8 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
     r, p = b.clone(), b.clone()
     b_norm = b.norm()
     rr = r.dot(r)
-    best_x, best_rr, m_x, best_m_x = x.clone(), rr, None, None
-    info = {"iterations": 0, "residual": 0.0, "breakdown": False, "m_x": None}
+    best_x, best_rr, m_x, best_m_x, best_k = x.clone(), rr, None, None, 0
+    info = {"iterations": 0, "returned_iterate": 0, "residual": 0.0, "breakdown": False, "m_x": None}
     if b_norm == 0:
         return x, info
     for i in range(iterations):
@@ -485,7 +594,7 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
         curvature = p.dot(Ap)
         if curvature <= 0:
             info["breakdown"] = True
-            x, rr, m_x = best_x, best_rr, best_m_x
+            x, rr, m_x, info["returned_iterate"] = best_x, best_rr, best_m_x, best_k
             break
         alpha = rr / curvature
         x += alpha * p
@@ -496,8 +605,8 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
         p = r + (rr_new / rr) * p
         rr = rr_new
         if rr < best_rr:
-            best_x, best_rr, best_m_x = x.clone(), rr, m_x
-        info["iterations"] = i + 1
+            best_x, best_rr, best_m_x, best_k = x.clone(), rr, m_x, i + 1
+        info["iterations"] = info["returned_iterate"] = i + 1
     info["residual"], info["m_x"] = float(rr.sqrt() / b_norm), m_x
     return x, info
 
@@ -509,10 +618,11 @@ LAPTOP = dict(model="laptop", prompts="bundled", device="cpu", iterations=100)
 
 def parse_args(Args, laptop_overrides):
     """tyro CLI. Defaults are the paper's; `--laptop` swaps in the laptop preset, `--resume DIR` the resumed run's
-    arguments; flags given explicitly win over both. Bad values end with a one-line error, exit code 2."""
+    latest arguments (config.json); flags given explicitly win over both. Bad values end with a one-line error, exit
+    code 2, before anything is written."""
     import tyro
 
-    argv = sys.argv[1:]
+    argv, script = sys.argv[1:], Path(sys.argv[0]).name
     default = None
     if "--laptop" in argv:
         default = dataclasses.replace(Args(), **{**LAPTOP, **laptop_overrides, "laptop": True})
@@ -523,26 +633,69 @@ def parse_args(Args, laptop_overrides):
         config = Path(resume) / "config.json"
         if not config.exists():
             fail(f"--resume {resume}: not a run directory (no config.json)")
-        saved = json.loads(config.read_text())["args"]
+        config = json.loads(config.read_text())
+        written_by = config.get("script", f"{config['algo']}.py")  # runs from before the "script" field: algo = script
+        if written_by != script:
+            fail(f"--resume {resume}: that run was written by {written_by}, not {script}: "
+                 f"resume it with `python {written_by} --resume {resume}`")
         fields = {f.name for f in dataclasses.fields(Args)}
-        default = dataclasses.replace(Args(), **{k: v for k, v in saved.items() if k in fields})
+        default = dataclasses.replace(Args(), **{k: v for k, v in config["args"].items() if k in fields})
     args = tyro.cli(Args, default=default, args=argv)
     for field in ("batch_size", "samples_per_prompt", "iterations", "max_new_tokens", "prompt_len", "eval_every",
                   "eval_batch_size", "inner_steps", "ppo_epochs", "minibatches"):
         if hasattr(args, field) and getattr(args, field) <= 0:
+            fail(f"--{field.replace('_', '-')} must be positive (got {getattr(args, field)})")
+    for field in (f.name for f in dataclasses.fields(Args) if f.name.endswith("_lr")):
+        if not getattr(args, field) > 0:
             fail(f"--{field.replace('_', '-')} must be positive (got {getattr(args, field)})")
     if getattr(args, "samples_per_prompt", 2) < 2:
         fail(f"--samples-per-prompt must be at least 2 to form a pair (got {args.samples_per_prompt})")
     for field in ("beta", "tau", "save_every", "cg_damping", "clip_eps", "gamma", "lam"):
         if hasattr(args, field) and not getattr(args, field) >= 0:
             fail(f"--{field.replace('_', '-')} must be non-negative (got {getattr(args, field)})")
+    if args.run_name and ("/" in args.run_name or "\\" in args.run_name or ".." in args.run_name):
+        fail(f"--run-name {args.run_name!r} is a path: give a plain name (no '/', no '..'); runs go under --output-dir")
     if args.run_name and not args.resume and (Path(args.output_dir) / args.run_name).exists():
         fail(f"run directory {Path(args.output_dir) / args.run_name} already exists: pass another --run-name, "
              f"or --resume it")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    for flag, package in (("track", "wandb"), ("tensorboard", "tensorboard")):
+        if getattr(args, flag, False) and importlib.util.find_spec(package) is None:
+            fail(f"--{flag} needs the optional package {package}: pip install {package}")
+    args.device = check_device(args.device)
     check_task(args.task)
+    check_lengths(args.model, args.prompt_len, args.max_new_tokens)
     return args
+
+
+def check_device(device):
+    """The torch device a --device value names ('auto': cuda when available), or a one-line error if this machine
+    does not have it."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        fail(f"--device {device!r} is not a torch device: pass auto, cpu, cuda, cuda:N or mps")
+    if kind.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {device}: torch sees no CUDA GPU on this machine: pass --device cpu (or auto)")
+    if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
+        fail(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s): pass cuda:0 to "
+             f"cuda:{torch.cuda.device_count() - 1}")
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        fail(f"--device {device}: MPS is not available on this machine: pass --device cpu (or auto)")
+    return device
+
+
+def check_lengths(model, prompt_len, max_new_tokens):
+    """D1: prompt and continuation must fit the model's positions (its config's max_position_embeddings or
+    n_positions), checked before anything is written."""
+    from transformers import AutoConfig
+
+    config = _load(AutoConfig, model)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and prompt_len + max_new_tokens > limit:
+        fail(f"--prompt-len {prompt_len} + --max-new-tokens {max_new_tokens} = {prompt_len + max_new_tokens} tokens "
+             f"exceed the {limit} positions of model {model!r}: lower them to sum to at most {limit}")
 
 
 def seed_everything(seed, deterministic=True):
@@ -559,6 +712,17 @@ def _git_commit():
         return ""
 
 
+def _environment(args):
+    """Versions and the machine a run (or a resumed part of it) ran on: results say where they were measured."""
+    import transformers
+
+    device = torch.device(args.device)
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "git_commit": _git_commit(), "host": platform.node(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
 def _stop(message, code):
     """End a run with its last word on the last line: progress bars are closed first."""
     from tqdm import tqdm
@@ -569,40 +733,91 @@ def _stop(message, code):
     sys.exit(code)
 
 
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 class Run:
     """runs/{task}__{algo}__{seed}__{unix_time}/ (or --run-name): config.json, metrics.csv (one row an iteration,
-    flushed as written), samples.jsonl, checkpoint/ (--save-every, Ctrl-C) and policy/ (final weights)."""
+    flushed as written), samples.jsonl, checkpoint/ (--save-every, Ctrl-C, SIGTERM) and policy/ (final weights).
+
+    config.json holds the script, the algorithm, the latest arguments, the status (running, interrupted, diverged,
+    finished; a crashed run stays "running") and the history: start, every resume with the iteration it came in at,
+    its overriding flags and its machine, every stop. Ctrl-C and SIGTERM (what Slurm, Kubernetes and `timeout` send)
+    finish the current iteration, checkpoint and exit (130, 143) with the resume command. Optional tracking: --track
+    streams rows and config to Weights & Biases, --tensorboard writes event files; metrics.csv stays the record."""
 
     def __init__(self, args, algo):
-        import transformers
-
+        self.algo, self.script = algo, Path(sys.argv[0]).name
         if args.resume:
             self.dir = Path(args.resume)
             if not (self.dir / "checkpoint" / "state.pt").exists():
-                fail(f"--resume {args.resume}: no checkpoint there (runs save one with --save-every N and on Ctrl-C)")
+                fail(f"--resume {args.resume}: no checkpoint there (runs save one with --save-every N, on Ctrl-C and on SIGTERM)")
+            self.config = json.loads((self.dir / "config.json").read_text())
+            old = self.config["args"]
+            new = json.loads(json.dumps(dataclasses.asdict(args), default=str))
+            self.overrides = {k: [old.get(k), v] for k, v in new.items() if k != "resume" and old.get(k) != v}
+            self.config.setdefault("history", [])
+            self.config.update(algo=algo, script=self.script, args=new)
         else:
             name = args.run_name or f"{args.task}__{algo}__{args.seed}__{int(time.time())}"
             self.dir = Path(args.output_dir) / name
             if self.dir.exists():
                 fail(f"run directory {self.dir} already exists: pass another --run-name, or --resume {self.dir} to continue it")
             self.dir.mkdir(parents=True)
-        versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-        config = {"algo": algo, "args": dataclasses.asdict(args), "versions": versions, "git_commit": _git_commit()}
-        (self.dir / ("config.resumed.json" if args.resume else "config.json")).write_text(json.dumps(config, indent=2, default=str) + "\n")
+            self.config = {"algo": algo, "script": self.script, "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),
+                           "status": "running", "history": [{"event": "start", "iteration": 0, "time": _now(), **_environment(args)}]}
+            self._write_config()
+        self.args = args
         self.columns, self.rows = [], []
-        self.start = time.time()
-        self.stop_requested = False
-        signal.signal(signal.SIGINT, self._on_sigint)
+        self.start, self.wall_offset = time.time(), 0.0
+        self.stop_requested = None
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self.wandb = self.tensorboard = None
+        if getattr(args, "track", False):
+            import wandb
 
-    def _on_sigint(self, signum, frame):
-        if self.stop_requested:  # a second Ctrl-C aborts at once
+            self.config.setdefault("wandb_id", wandb.util.generate_id())  # kept, so a resume continues the same run
+            self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity or None, name=self.dir.name,
+                                    id=self.config["wandb_id"], resume="allow", dir=str(self.dir), config=self.config)
+            self.wandb.define_metric("iteration")
+            self.wandb.define_metric("*", step_metric="iteration")  # resumed rows re-log their iterations
+        if getattr(args, "tensorboard", False):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.dir))
+            self.tensorboard.add_text("config", f"```\n{json.dumps(self.config, indent=2)}\n```")
+
+    def _write_config(self):
+        tmp = self.dir / "config.json.tmp"
+        tmp.write_text(json.dumps(self.config, indent=2, default=str) + "\n")
+        tmp.replace(self.dir / "config.json")
+
+    def _event(self, event, iteration, status, **details):
+        self.config["status"] = status
+        self.config["history"].append({"event": event, "iteration": iteration, "time": _now(), **details})
+        self._write_config()
+
+    def record(self, key, value):
+        """Something a run states once (e.g. its offline data set's statistics), kept in config.json."""
+        self.config[key] = value
+        self._write_config()
+
+    def _on_signal(self, signum, frame):
+        if self.stop_requested and signum == signal.SIGINT:  # a second Ctrl-C aborts at once
             raise KeyboardInterrupt
-        self.stop_requested = True
-        print("\nCtrl-C: stopping after this iteration with a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+        if self.stop_requested:
+            return
+        self.stop_requested = signal.Signals(signum).name
+        what = "Ctrl-C" if signum == signal.SIGINT else self.stop_requested
+        print(f"\n{what}: stopping after this iteration with a checkpoint{' (Ctrl-C again to abort)' * (what == 'Ctrl-C')}",
+              file=sys.stderr)
 
     def log(self, row):
-        """Append one metrics row; a row with new columns rewrites the file with the wider header."""
-        row = {"wall_time": round(time.time() - self.start, 3), **row}
+        """Append one metrics row; a row with new columns rewrites the file with the wider header. wall_time counts
+        the seconds of the run's own work, resumed parts included (time between a checkpoint and a crash is not)."""
+        row = {"wall_time": round(self.wall_offset + time.time() - self.start, 3), **row}
         self.rows.append(row)
         path = self.dir / "metrics.csv"
         if any(key not in self.columns for key in row):
@@ -611,6 +826,13 @@ class Run:
         else:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns).writerow(row)
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        if self.wandb:
+            self.wandb.log(numbers)
+        if self.tensorboard:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, row["iteration"])
+            self.tensorboard.flush()
 
     def _rewrite(self):
         path = self.dir / "metrics.csv"
@@ -628,9 +850,12 @@ class Run:
 
     def start_or_resume(self, models, optimizers):
         """Counters of a fresh run, or those of the checkpoint with every model, optimizer and RNG state restored;
-        metrics and samples logged after the checkpoint are dropped so that the resumed run writes them again."""
+        metrics and samples logged after the checkpoint are dropped so that the resumed run writes them again.
+
+        Counters: iteration; prompts_seen, training prompts consumed (D18's x-axis); pairs_queried, preference queries
+        to the oracle (rankings of a prompt's k samples, tie redraws included); pairs_kept, pairs trained on."""
         if not (self.dir / "checkpoint" / "state.pt").exists():
-            return {"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0}
+            return {"iteration": 0, "prompts_seen": 0, "pairs_queried": 0, "pairs_kept": 0}
         from safetensors.torch import load_model
 
         ckpt = self.dir / "checkpoint"
@@ -647,12 +872,15 @@ class Run:
         with open(self.dir / "metrics.csv", newline="") as f:
             self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= counters["iteration"]]
         self.columns = list(self.rows[0].keys()) if self.rows else []
+        self.wall_offset = float(self.rows[-1]["wall_time"]) if self.rows else 0.0
         self._rewrite()
         samples = self.dir / "samples.jsonl"
         if samples.exists():
             kept = [line for line in samples.read_text().splitlines() if json.loads(line)["iteration"] <= counters["iteration"]]
             samples.write_text("".join(line + "\n" for line in kept))
-        print(f"resuming {self.dir} after iteration {counters['iteration']}", file=sys.stderr)
+        self._event("resume", counters["iteration"], "running", overrides=self.overrides, **_environment(self.args))
+        print(f"resuming {self.dir} after iteration {counters['iteration']}"
+              f"{' with ' + ', '.join(f'{k}={v[1]}' for k, v in self.overrides.items()) if self.overrides else ''}", file=sys.stderr)
         return counters
 
     def save_checkpoint(self, models, optimizers, counters):
@@ -676,23 +904,36 @@ class Run:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
 
+    def _close_trackers(self, exit_code=0):
+        if self.wandb:
+            self.wandb.finish(exit_code=exit_code)
+        if self.tensorboard:
+            self.tensorboard.close()
+
     def end_iteration(self, row, counters, models, optimizers, args, script):
         """After each iteration: stop on a non-finite metric (nothing of it is written), log the row, checkpoint
-        every --save-every iterations, and stop cleanly with a checkpoint after Ctrl-C."""
+        every --save-every iterations, and stop cleanly with a checkpoint after Ctrl-C or SIGTERM."""
         bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
+            self._event("diverged", counters["iteration"], "diverged", quantities={k: str(row[k]) for k in bad})
+            self._close_trackers(3)
             _stop(f"diverged at iteration {counters['iteration']}: {', '.join(f'{k} = {row[k]}' for k in bad)}; "
                   f"metrics up to the previous iteration are in {self.dir}", 3)
         self.log(row)
         if self.stop_requested or (args.save_every and counters["iteration"] % args.save_every == 0):
             self.save_checkpoint(models, optimizers, counters)
         if self.stop_requested:
-            _stop(f"interrupted after iteration {counters['iteration']}; resume with: python {script}.py --resume {self.dir}", 130)
+            code = 130 if self.stop_requested == "SIGINT" else 143
+            self._event("interrupted", counters["iteration"], "interrupted", signal=self.stop_requested)
+            self._close_trackers(code)
+            _stop(f"interrupted after iteration {counters['iteration']}; resume with: python {script}.py --resume {self.dir}", code)
 
-    def finish(self, policy, tokenizer):
-        """Final weights in a form `from_pretrained` loads."""
+    def finish(self, policy, tokenizer, counters):
+        """Final weights in a form `from_pretrained` loads; the run is marked finished."""
         policy.save_pretrained(self.dir / "policy")
         tokenizer.save_pretrained(self.dir / "policy")
+        self._event("finished", counters["iteration"], "finished", wall_time=float(self.rows[-1]["wall_time"]) if self.rows else 0.0)
+        self._close_trackers()
 
 
 # ---------------------------------------------------------------------------------------------------- offline data
@@ -703,7 +944,8 @@ def offline_data(ref_policy, tokenizer, prompts, task, samples_per_prompt, max_n
     The cache key covers the reference weights, the prompts and their token ids (so the tokenizer and prompt length),
     the task, k, the continuation length and the seed: a rebuilt model never reuses stale samples. Generation draws
     from its own RNG stream seeded with `seed`, so a cache hit and a miss leave the training run the same. Returns a
-    dict of CPU tensors and lists; `offline_rollout` turns a batch of its prompts back into a Rollout.
+    dict of CPU tensors and lists, with data["stats"] the data set's oracle statistics (its queries were all made
+    here, before training); `offline_rollout` turns a batch of its prompts back into a Rollout.
     """
     import hashlib
 
@@ -711,7 +953,7 @@ def offline_data(ref_policy, tokenizer, prompts, task, samples_per_prompt, max_n
 
     k = samples_per_prompt
     prompt_ids, prompt_mask, prompt_texts = encode_prompts(tokenizer, prompts, "cpu")
-    key = hashlib.sha256(json.dumps([task, k, max_new_tokens, seed, list(prompts)]).encode())
+    key = hashlib.sha256(json.dumps(["v2", task, k, max_new_tokens, seed, list(prompts)]).encode())
     key.update(prompt_ids.numpy().tobytes())
     for tensor in ref_policy.state_dict().values():
         key.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy())
@@ -728,7 +970,8 @@ def offline_data(ref_policy, tokenizer, prompts, task, samples_per_prompt, max_n
             "continuation": torch.cat([_pad_right(c.input_ids[:, c.prompt_width :], width, tokenizer.pad_token_id).cpu() for c in chunks]),
             "continuation_mask": torch.cat([_pad_right(c.continuation_mask, width, 0).cpu() for c in chunks]),
             "continuation_texts": [t for c in chunks for t in c.continuation_texts],
-            "rewards": torch.cat([c.rewards for c in chunks]), "resampled": sum(c.resampled for c in chunks),
+            "rewards": torch.cat([c.rewards for c in chunks]), "first_draw_ties": sum(c.first_draw_ties for c in chunks),
+            "redraws": sum(c.redraws for c in chunks), "queries": sum(c.queries for c in chunks),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -737,14 +980,19 @@ def offline_data(ref_policy, tokenizer, prompts, task, samples_per_prompt, max_n
     data = torch.load(path, weights_only=True)  # tensors, strings and numbers only: no pickle of objects
     data["row"] = {p: i for i, p in enumerate(data["prompts"])}
     tied = int((data["rewards"].max(1).values == data["rewards"].min(1).values).sum())
+    data["stats"] = {"prompts": len(prompts), "samples_per_prompt": k, "oracle_reward": data["rewards"].mean().item(),
+                     "oracle_reward_std": data["rewards"].std().item(),
+                     "first_draw_tie_rate": data["first_draw_ties"] / len(prompts), "redraws": data["redraws"],
+                     "pairs_queried": data["queries"], "tied_after_redraws": tied, "cache": str(path)}
     print(f"offline data: {len(prompts)} prompts × {k} samples from π_ref, mean reward {data['rewards'].mean():.3f}, "
-          f"{data['resampled']} prompts resampled for ties, {tied} still tied ({path})", file=sys.stderr)
+          f"{data['first_draw_ties']} tied on the first draw, {data['redraws']} redraws, {tied} still tied ({path})",
+          file=sys.stderr)
     return data
 
 
 def offline_rollout(data, prompts, device):
-    """The offline samples of a batch of training prompts, as the Rollout `rollout` would return for them
-    (resampled = 0: the data's ties were resampled when it was generated; data["resampled"] counts them)."""
+    """The offline samples of a batch of training prompts, as the Rollout `rollout` would return for them, with no
+    ties, redraws or queries of its own: they happened when the data was generated (data["stats"])."""
     k = data["rewards"].shape[1]
     rows = torch.tensor([data["row"][p] for p in prompts])
     sequences = (rows[:, None] * k + torch.arange(k)).flatten()
@@ -762,5 +1010,6 @@ def offline_rollout(data, prompts, device):
         attention_mask=torch.cat([prompt_mask, continuation_mask], 1).to(device), prompt_width=prompt_ids.shape[1],
         continuation_mask=continuation_mask.to(device), rewards=rewards, chosen=chosen.to(device),
         rejected=rejected.to(device), keep=~tied.to(device), prompt_texts=[data["prompt_texts"][r] for r in rows.tolist()],
-        continuation_texts=[data["continuation_texts"][s] for s in sequences.tolist()], resampled=0,
+        continuation_texts=[data["continuation_texts"][s] for s in sequences.tolist()], first_draw_ties=0, redraws=0,
+        queries=0,
     )

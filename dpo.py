@@ -47,9 +47,18 @@ class Args:
     run_name: str = ""
     """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
     save_every: int = 0
-    """write a checkpoint every this many iterations (0: only on Ctrl-C)"""
+    """write a checkpoint every this many iterations (0: only on Ctrl-C and SIGTERM)"""
     resume: str = ""
-    """continue the run in this directory from its checkpoint, with its arguments (flags given here override them)"""
+    """continue the run in this directory from its checkpoint, with its latest arguments (flags given here override
+    them; config.json keeps the history)"""
+    track: bool = False
+    """stream every metric and the config to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)"""
+    wandb_project: str = "stackelberg-rlhf"
+    """Weights & Biases project of --track"""
+    wandb_entity: str = ""
+    """Weights & Biases entity (user or team) of --track; empty: your default"""
+    tensorboard: bool = False
+    """also write TensorBoard event files beside metrics.csv (pip install tensorboard)"""
     iterations: int = 1000
     """T: outer iterations (D19)"""
     batch_size: int = 16
@@ -85,26 +94,29 @@ if __name__ == "__main__":
     args = common.parse_args(Args, LAPTOP)
     common.seed_everything(args.seed)
     tokenizer = common.load_tokenizer(args.model, args.prompt_len)
-    train_prompts = common.load_prompts(args.prompts, "train")
+    train_prompts = common.load_prompts(args.prompts, "train", min_prompts=args.batch_size)
     test_prompts = common.load_prompts(args.prompts, "test")
     policy = common.load_policy(args.model, tokenizer, args.device)
     ref_policy = common.load_policy(args.model, tokenizer, args.device).requires_grad_(False)
     policy_optimizer = torch.optim.RMSprop(policy.parameters(), lr=args.policy_lr)
-    run = common.Run(args, "dpo")
+    run = common.Run(args, "iterated_dpo" if args.online else "dpo")  # two methods: runs group apart
     models = {"policy": policy}
     optimizers = {"policy": policy_optimizer}
     counters = run.start_or_resume(models, optimizers)
     if not args.online:  # D16: k samples of every training prompt from π_ref, generated once (cached on disk)
         offline = common.offline_data(ref_policy, tokenizer, train_prompts, args.task, args.samples_per_prompt,
                                       args.max_new_tokens, args.seed, args.device)
+        run.record("offline_data", offline["stats"])
+        if counters["iteration"] == 0:  # every oracle query of the offline data was made before training
+            counters["pairs_queried"] = offline["stats"]["pairs_queried"]
     batches = common.prompt_batches(train_prompts, args.batch_size, args.seed, skip=counters["prompts_seen"] // args.batch_size)
     evaluation = {"reward": float("nan"), "kl": float("nan")}
     if counters["iteration"] == 0:
         evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                      args.eval_batch_size, args.seed, args.device)
-        run.log({"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
+        run.log({**counters, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
         run.samples(0, evaluation["samples"])
-    progress = tqdm(range(counters["iteration"] + 1, args.iterations + 1), desc="dpo", initial=counters["iteration"], total=args.iterations)
+    progress = tqdm(range(counters["iteration"] + 1, args.iterations + 1), desc=run.algo, initial=counters["iteration"], total=args.iterations)
     progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
     for iteration in progress:
         # 1. C: B prompts, k samples each (π_ref's cached ones, or fresh ones from π_θ with --online), best vs worst (D8)
@@ -115,12 +127,15 @@ if __name__ == "__main__":
             batch = common.offline_rollout(offline, next(batches), args.device)
         counters["iteration"] = iteration
         counters["prompts_seen"] += args.batch_size
-        counters["oracle_pairs"] += int(batch.keep.sum())
+        counters["pairs_queried"] += batch.queries
+        counters["pairs_kept"] += int(batch.keep.sum())
         pairs = torch.cat([batch.rows("chosen"), batch.rows("rejected")])  # winners first, then losers
         n_pairs = len(pairs) // 2
         ids, mask, P = batch.input_ids, batch.attention_mask, batch.prompt_width
-        row = {**counters, "train/oracle_reward": batch.rewards.mean().item(), "train/tie_rate": batch.resampled / args.batch_size,
-               "train/dropped_pairs": args.batch_size - n_pairs}
+        row = {**counters, "train/dropped_pairs": args.batch_size - n_pairs}
+        if args.online:  # the offline data's oracle statistics are in config.json ("offline_data"), once
+            row.update({"train/oracle_reward": batch.rewards.mean().item(),
+                        "train/first_draw_tie_rate": batch.first_draw_ties / args.batch_size, "train/redraws": batch.redraws})
         if n_pairs > 0:
             # 2. one RMSprop step on L_DPO(θ) (eq. 7), winners and losers in one forward pass; the log-ratio sums the
             # continuation tokens only, each conditioned on the prompt (D4)
@@ -146,5 +161,5 @@ if __name__ == "__main__":
             run.samples(iteration, evaluation["samples"])
             progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
         run.end_iteration(row, counters, models, optimizers, args, "dpo")
-    run.finish(policy, tokenizer)
+    run.finish(policy, tokenizer, counters)
     print(f"done: {run.dir} (final eval reward {evaluation['reward']:.3f}, KL {evaluation['kl']:.3f})")

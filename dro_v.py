@@ -3,7 +3,8 @@ papers/dro-v.md §3; SPEC §10, D17). Not an algorithm of the STA paper: a basel
 
 Data: every one of the k samples from π_ref of every training prompt is its own triplet (x, y, r), generated once and
 cached (the same samples as offline DPO, a different use), r the oracle's reward normalised to mean 0 / std 1 over the
-data set (§4; the constants are logged as data/reward_mean and data/reward_std). The KL-regularised optimum (eq. 1) is
+data set (§4; config.json's "offline_data" records the constants and the data set's statistics). The KL-regularised
+optimum (eq. 1) is
 π*(y|x) = π_ref(y|x) exp(r/τ) / exp(V*(x)/τ) with V*(x) = τ log E_{π_ref}[exp(r/τ)] (eq. 2), and (π*, V*) is the
 unique minimiser (Thm. 1) of the DRO loss (eq. 4, empirical form §3.3, averaged rather than summed):
   L(θ, φ) = ½ · mean_i ( r_i − V_φ(x_i) − τ ℓ_θ(x_i, y_i) )²,   ℓ_θ = log π_θ(y|x) − log π_ref(y|x) (sum over tokens).
@@ -51,9 +52,18 @@ class Args:
     run_name: str = ""
     """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
     save_every: int = 0
-    """write a checkpoint every this many iterations (0: only on Ctrl-C)"""
+    """write a checkpoint every this many iterations (0: only on Ctrl-C and SIGTERM)"""
     resume: str = ""
-    """continue the run in this directory from its checkpoint, with its arguments (flags given here override them)"""
+    """continue the run in this directory from its checkpoint, with its latest arguments (flags given here override
+    them; config.json keeps the history)"""
+    track: bool = False
+    """stream every metric and the config to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)"""
+    wandb_project: str = "stackelberg-rlhf"
+    """Weights & Biases project of --track"""
+    wandb_entity: str = ""
+    """Weights & Biases entity (user or team) of --track; empty: your default"""
+    tensorboard: bool = False
+    """also write TensorBoard event files beside metrics.csv (pip install tensorboard)"""
     iterations: int = 1000
     """T: outer iterations (D19)"""
     batch_size: int = 16
@@ -95,7 +105,7 @@ if __name__ == "__main__":
     args = common.parse_args(Args, LAPTOP)
     common.seed_everything(args.seed)
     tokenizer = common.load_tokenizer(args.model, args.prompt_len)
-    train_prompts = common.load_prompts(args.prompts, "train")
+    train_prompts = common.load_prompts(args.prompts, "train", min_prompts=args.batch_size)
     test_prompts = common.load_prompts(args.prompts, "test")
     policy = common.load_policy(args.model, tokenizer, args.device)
     ref_policy = common.load_policy(args.model, tokenizer, args.device).requires_grad_(False)
@@ -110,13 +120,14 @@ if __name__ == "__main__":
     offline = common.offline_data(ref_policy, tokenizer, train_prompts, args.task, args.samples_per_prompt,
                                   args.max_new_tokens, args.seed, args.device)
     reward_mean, reward_std = offline["rewards"].mean().item(), offline["rewards"].std().clamp_min(1e-8).item()
+    run.record("offline_data", {**offline["stats"], "normalised_by": [reward_mean, reward_std]})
     k = args.samples_per_prompt
     batches = common.prompt_batches(train_prompts, args.batch_size, args.seed, skip=counters["prompts_seen"] // args.batch_size)
     evaluation = {"reward": float("nan"), "kl": float("nan")}
     if counters["iteration"] == 0:
         evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                      args.eval_batch_size, args.seed, args.device)
-        run.log({"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
+        run.log({**counters, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
         run.samples(0, evaluation["samples"])
     progress = tqdm(range(counters["iteration"] + 1, args.iterations + 1), desc="dro_v", initial=counters["iteration"], total=args.iterations)
     progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
@@ -127,8 +138,7 @@ if __name__ == "__main__":
         counters["prompts_seen"] += args.batch_size
         ids, mask, P, continuation = batch.input_ids, batch.attention_mask, batch.prompt_width, batch.continuation_mask
         rewards = ((batch.rewards.flatten() - reward_mean) / reward_std).to(args.device)
-        row = {**counters, "train/oracle_reward": batch.rewards.mean().item(), "data/reward_mean": reward_mean,
-               "data/reward_std": reward_std}
+        row = dict(counters)  # the offline data's oracle statistics are in config.json ("offline_data"), once
 
         # 2. one value per example: V_φ(x) at the last prompt token, computed once per prompt for its k samples
         values = common.reward_model_scores(value_model, ids[::k, :P], mask[::k, :P]).repeat_interleave(k)
@@ -159,5 +169,5 @@ if __name__ == "__main__":
             run.samples(iteration, evaluation["samples"])
             progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
         run.end_iteration(row, counters, models, optimizers, args, "dro_v")
-    run.finish(policy, tokenizer)
+    run.finish(policy, tokenizer, counters)
     print(f"done: {run.dir} (final eval reward {evaluation['reward']:.3f}, KL {evaluation['kl']:.3f})")

@@ -18,6 +18,12 @@ position and an advantage that is not detached: token-level rewards, GAE and adv
 and returns; the critic reads every continuation position. Shared with every script: pure sampling (D2), token ids
 kept and masks built from positions, so nothing after the first EOS counts (D3, D4), dropout off (D20). Tied prompts
 are not resampled: PPO forms no pairs (D8) and needs on-policy samples.
+
+Departures from the "N+ implementation details" practice cited above (SPEC §7(c)), each the paper's or D15's choice:
+no value clipping (the critic's loss is plain ½ (V − R)²); the critic is an MLP on the frozen reference model's
+features, not a copy of the policy or reward model trained end to end; RMSprop for the policy, not Adam; a fixed β, no
+adaptive KL controller; the score is added at the last real token whether or not it is an EOS (N+ reads it at the
+EOS), and a continuation without an EOS gets no penalty (N+ replaces its score by a constant, e.g. −1).
 """
 
 import dataclasses
@@ -47,9 +53,18 @@ class Args:
     run_name: str = ""
     """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
     save_every: int = 0
-    """write a checkpoint every this many iterations (0: only on Ctrl-C)"""
+    """write a checkpoint every this many iterations (0: only on Ctrl-C and SIGTERM)"""
     resume: str = ""
-    """continue the run in this directory from its checkpoint, with its arguments (flags given here override them)"""
+    """continue the run in this directory from its checkpoint, with its latest arguments (flags given here override
+    them; config.json keeps the history)"""
+    track: bool = False
+    """stream every metric and the config to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)"""
+    wandb_project: str = "stackelberg-rlhf"
+    """Weights & Biases project of --track"""
+    wandb_entity: str = ""
+    """Weights & Biases entity (user or team) of --track; empty: your default"""
+    tensorboard: bool = False
+    """also write TensorBoard event files beside metrics.csv (pip install tensorboard)"""
     iterations: int = 1000
     """T: outer iterations (D19)"""
     batch_size: int = 16
@@ -141,7 +156,7 @@ if __name__ == "__main__":
     args = common.parse_args(Args, LAPTOP)
     common.seed_everything(args.seed)
     tokenizer = common.load_tokenizer(args.model, args.prompt_len)
-    train_prompts = common.load_prompts(args.prompts, "train")
+    train_prompts = common.load_prompts(args.prompts, "train", min_prompts=args.batch_size)
     test_prompts = common.load_prompts(args.prompts, "test")
     policy = common.load_policy(args.model, tokenizer, args.device)
     ref_policy = common.load_policy(args.model, tokenizer, args.device).requires_grad_(False)
@@ -159,7 +174,7 @@ if __name__ == "__main__":
     if counters["iteration"] == 0:
         evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                      args.eval_batch_size, args.seed, args.device)
-        run.log({"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
+        run.log({**counters, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
         run.samples(0, evaluation["samples"])
     progress = tqdm(range(counters["iteration"] + 1, args.iterations + 1), desc="ppo", initial=counters["iteration"], total=args.iterations)
     progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
@@ -177,9 +192,11 @@ if __name__ == "__main__":
         # 2. per-token rewards, values and GAE advantages under π_θ^{t-1}, all constants of the PPO losses
         with torch.no_grad():
             old_token_logp, old_logp = common.continuation_logprobs(policy, ids, mask, P)
-            ref_token_logp, ref_logp = common.continuation_logprobs(ref_policy, ids, mask, P)
-            # critic input at s_t: the reference model's last hidden state where y_t is predicted (frozen, computed once)
-            features = ref_policy.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, P - 1 : -1].float()
+            # one reference pass: log-probs, and the critic's input at s_t, the last hidden state where y_t is predicted
+            ref_token_logp, ref_logp, features = common.continuation_logprobs(ref_policy, ids, mask, P, return_hidden=True)
+            features = features.float()
+            kl = common.exact_kl(old_logp, ref_logp, continuation)  # D6: exact; the reward uses its k1 estimate
+            del old_logp, ref_logp  # two [N, n, V] tensors, not kept through the epochs
             values = critic(features).squeeze(-1) * continuation
         rewards = token_rewards(scores, old_token_logp, ref_token_logp, continuation, args.beta)
         advantages, returns = gae(rewards, values, continuation, args.gamma, args.lam)
@@ -202,7 +219,6 @@ if __name__ == "__main__":
                 critic_optimizer.step()
                 stats.append({"ppo/pg_loss": pg_loss.item(), "ppo/value_loss": value_loss.item(), "ppo/clip_fraction": clip_fraction.item(),
                               "ppo/approx_kl": approx_kl.item(), "policy/grad_norm": grad_norm})
-        kl = common.exact_kl(old_logp, ref_logp, continuation)  # D6: exact; the reward uses its k1 estimate
         kl_k1 = ((old_token_logp - ref_token_logp) * continuation).sum(1)
         # how much of the returns' variance the rollout values explain (1: perfect critic, ≤ 0: no better than a constant)
         explained_variance = 1 - masked_var(returns - values, continuation) / masked_var(returns, continuation).clamp_min(1e-8)
@@ -217,5 +233,5 @@ if __name__ == "__main__":
             run.samples(iteration, evaluation["samples"])
             progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
         run.end_iteration(row, counters, models, optimizers, args, "ppo")
-    run.finish(policy, tokenizer)
+    run.finish(policy, tokenizer, counters)
     print(f"done: {run.dir} (final eval reward {evaluation['reward']:.3f}, KL {evaluation['kl']:.3f})")

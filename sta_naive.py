@@ -44,9 +44,18 @@ class Args:
     run_name: str = ""
     """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
     save_every: int = 0
-    """write a checkpoint every this many iterations (0: only on Ctrl-C)"""
+    """write a checkpoint every this many iterations (0: only on Ctrl-C and SIGTERM)"""
     resume: str = ""
-    """continue the run in this directory from its checkpoint, with its arguments (flags given here override them)"""
+    """continue the run in this directory from its checkpoint, with its latest arguments (flags given here override
+    them; config.json keeps the history)"""
+    track: bool = False
+    """stream every metric and the config to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no network)"""
+    wandb_project: str = "stackelberg-rlhf"
+    """Weights & Biases project of --track"""
+    wandb_entity: str = ""
+    """Weights & Biases entity (user or team) of --track; empty: your default"""
+    tensorboard: bool = False
+    """also write TensorBoard event files beside metrics.csv (pip install tensorboard)"""
     iterations: int = 1000
     """T: outer iterations (D19)"""
     batch_size: int = 16
@@ -83,7 +92,7 @@ if __name__ == "__main__":
     args = common.parse_args(Args, LAPTOP)
     common.seed_everything(args.seed)
     tokenizer = common.load_tokenizer(args.model, args.prompt_len)
-    train_prompts = common.load_prompts(args.prompts, "train")
+    train_prompts = common.load_prompts(args.prompts, "train", min_prompts=args.batch_size)
     test_prompts = common.load_prompts(args.prompts, "test")
     policy = common.load_policy(args.model, tokenizer, args.device)
     ref_policy = common.load_policy(args.model, tokenizer, args.device).requires_grad_(False)
@@ -99,7 +108,7 @@ if __name__ == "__main__":
     if counters["iteration"] == 0:
         evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                      args.eval_batch_size, args.seed, args.device)
-        run.log({"iteration": 0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
+        run.log({**counters, "eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
         run.samples(0, evaluation["samples"])
     progress = tqdm(range(counters["iteration"] + 1, args.iterations + 1), desc="sta_naive", initial=counters["iteration"], total=args.iterations)
     progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
@@ -109,11 +118,13 @@ if __name__ == "__main__":
                                args.max_new_tokens, args.device)
         counters["iteration"] = iteration
         counters["prompts_seen"] += args.batch_size
-        counters["oracle_pairs"] += int(batch.keep.sum())
+        counters["pairs_queried"] += batch.queries
+        counters["pairs_kept"] += int(batch.keep.sum())
         pairs = torch.cat([batch.rows("chosen"), batch.rows("rejected")])  # winners first, then losers
         n_pairs = len(pairs) // 2
         ids, mask, P = batch.input_ids, batch.attention_mask, batch.prompt_width
-        row = {**counters, "train/oracle_reward": batch.rewards.mean().item(), "train/tie_rate": batch.resampled / args.batch_size,
+        row = {**counters, "train/oracle_reward": batch.rewards.mean().item(),
+               "train/first_draw_tie_rate": batch.first_draw_ties / args.batch_size, "train/redraws": batch.redraws,
                "train/dropped_pairs": args.batch_size - n_pairs}
         if n_pairs > 0:
             # 2. follower: S AdamW steps on L_RM(ω; C) (eq. 4), warm-started from ω^{t-1}
@@ -127,7 +138,9 @@ if __name__ == "__main__":
                 rm_loss.backward()
                 row["rm/grad_norm"] = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), float("inf")).item()
                 rm_optimizer.step()
-            row["rm/loss"] = rm_loss.item()
+            with torch.no_grad():  # L_RM on C after this iteration's RM step(s)
+                scores = common.reward_model_scores(reward_model, ids[pairs], mask[pairs])
+            row["rm/loss"] = -F.logsigmoid(scores[:n_pairs] - scores[n_pairs:]).mean().item()
 
             # 3. leader: one RMSprop step on L_LM(θ) = −(1/N) Σ_j r_{ω^t}(y_j) log π_θ(y_j|x_j) + β KL (eq. 8, 17-18)
             pg_rows = pairs if args.pg_samples == "pairs" else torch.arange(len(ids), device=ids.device)  # D12
@@ -154,5 +167,5 @@ if __name__ == "__main__":
             run.samples(iteration, evaluation["samples"])
             progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
         run.end_iteration(row, counters, models, optimizers, args, "sta_naive")
-    run.finish(policy, tokenizer)
+    run.finish(policy, tokenizer, counters)
     print(f"done: {run.dir} (final eval reward {evaluation['reward']:.3f}, KL {evaluation['kl']:.3f})")

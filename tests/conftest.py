@@ -30,6 +30,19 @@ def model_dir():
     return TEST_MODEL
 
 
+# a tiny configuration on the laptop model, a few seconds per run: flags, and a 40-line prompts file (32 train, 8 test)
+TINY = ["--laptop", "--model", TEST_MODEL, "--batch-size", "2", "--max-new-tokens", "12", "--eval-every", "3",
+        "--eval-batch-size", "8"]
+TINY_PROMPTS = [f"Tell me something about topic number {i}, please." for i in range(40)]
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(TINY_PROMPTS) + "\n")
+    return path
+
+
 def run_script(script, *args, tmp_path, timeout=600, env=None):
     """Run `python {script}.py args --output-dir tmp_path/runs` (start_script); returns (completed process, run
     directory or None)."""

@@ -93,7 +93,8 @@ def test_rollout_resamples_ties_then_drops_them(lm, monkeypatch):
     calls = []
     monkeypatch.setattr(common, "oracle", lambda task, p, y: calls.append(y) or 1.0)  # every sample ties
     batch = common.rollout(policy, tokenizer, PROMPTS[:2], "wc", 4, 5, "cpu", tie_retries=3)
-    assert batch.resampled == 2 * 3 and not batch.keep.any() and len(batch.rows("chosen")) == 0
+    assert batch.first_draw_ties == 2 and batch.redraws == 2 * 3 and batch.queries == 2 + 2 * 3
+    assert not batch.keep.any() and len(batch.rows("chosen")) == 0
     assert len(calls) == 2 * 4 * (1 + 3)
 
 

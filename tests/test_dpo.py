@@ -189,16 +189,17 @@ def test_iterated_dpo_keeps_the_reference_fixed_and_moves_the_policy(model_dir, 
     monkeypatch.setattr(sys, "argv", ["dpo.py", "--laptop", "--model", model_dir, "--prompts", str(prompts), "--online",
                                       "--iterations", "3", "--batch-size", "4", "--max-new-tokens", "12",
                                       "--eval-every", "3", "--output-dir", str(tmp_path / "runs")])
-    sigint = signal.getsignal(signal.SIGINT)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         run = runpy.run_path(str(REPO / "dpo.py"), run_name="__main__")
     finally:
-        signal.signal(signal.SIGINT, sigint)  # the script's Run installed its Ctrl-C handler
+        for s, handler in handlers.items():  # the script's Run installed its Ctrl-C and SIGTERM handlers
+            signal.signal(s, handler)
     tokenizer = common.load_tokenizer(model_dir)
     on_disk = common.load_policy(model_dir, tokenizer, "cpu")
     assert all(torch.equal(p, q) for p, q in zip(run["ref_policy"].state_dict().values(), on_disk.state_dict().values()))
     assert not all(torch.equal(p, q) for p, q in zip(run["policy"].state_dict().values(), on_disk.state_dict().values()))
-    assert run["counters"]["oracle_pairs"] > 0
+    assert run["counters"]["pairs_kept"] > 0 and run["counters"]["pairs_queried"] >= run["counters"]["pairs_kept"]
 
 
 # ---------------------------------------------------------------------------------------------------- end to end

@@ -96,7 +96,7 @@ def run_instrumented(script, model_dir, out_dir, lm_snapshots=False):
     argv = [f"{script}.py", "--model", model_dir, "--prompts", "bundled", "--device", "cpu", "--task", "cwc",
             "--iterations", str(T), "--batch-size", str(B), "--samples-per-prompt", str(K), "--max-new-tokens", "8",
             "--output-dir", str(out_dir)]
-    sigint = signal.getsignal(signal.SIGINT)  # common.Run installs its own Ctrl-C handler
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # common.Run installs its own
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", argv)
@@ -111,7 +111,8 @@ def run_instrumented(script, model_dir, out_dir, lm_snapshots=False):
             runpy.run_path(str(REPO / f"{script}.py"), run_name="__main__")
         finally:
             hook.remove()
-            signal.signal(signal.SIGINT, sigint)
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
             torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     assert not stray_oracle_calls, "the oracle was queried outside a generation"
     iterations, current = [], []
@@ -167,7 +168,7 @@ def test_generations_and_steps_per_iteration(trace, script):
         row = events[-1]["row"]
         assert row["iteration"] == t
         assert row["prompts_seen"] == t * PROMPTS_PER_ITERATION[script]  # D18: the x-axis
-        assert row["oracle_pairs"] == t * B  # the mock oracle never ties: one pair per ranked prompt
+        assert row["pairs_queried"] == row["pairs_kept"] == t * B  # the mock oracle never ties: one pair per ranked prompt
         # the RM trains on the pairs of the (last) generation: its gradient pass scores exactly those rows
         batch = [e for e in events if e["kind"] == "generate"][-1]["batch"]
         rm_inputs = [e["input_ids"] for e in events if e["kind"] == "rm_scores" and e["grad"]]
@@ -240,8 +241,9 @@ def test_reversed_reuses_the_same_samples_in_all_lm_steps(trace):
             assert torch.equal(forward["input_ids"], batch.input_ids[pair_rows(batch)]), f"iteration {t}"
         for earlier, later in zip(forwards, forwards[1:]):  # θ moved between steps, so the log-probs did too
             assert not torch.equal(earlier["token_logp"], later["token_logp"]), f"iteration {t}"
-        # RM scores: once without autograd for the LM (before the RM step), once with it for the RM step
-        assert [e["grad"] for e in events if e["kind"] == "rm_scores"] == [False, True]
+        # RM scores: once without autograd for the LM (before the RM step), once with it for the RM step, and once
+        # without it after the step for the logged rm/loss
+        assert [e["grad"] for e in events if e["kind"] == "rm_scores"] == [False, True, False]
         assert kinds(events, ("rm_scores", "lm_step", "rm_step"))[0] == "rm_scores"
 
 
@@ -281,7 +283,7 @@ def test_rollout_without_oracle_generates_the_same_samples(model_dir):
     assert torch.equal(ranked.input_ids, unranked.input_ids)
     assert torch.equal(ranked.continuation_mask, unranked.continuation_mask)
     assert ranked.keep.all() and not unranked.keep.any() and unranked.rewards.isnan().all()
-    assert len(pair_rows(unranked)) == 0 and unranked.resampled == 0
+    assert len(pair_rows(unranked)) == 0 and unranked.redraws == unranked.queries == 0
 
 
 # ---------------------------------------------------------------------------------------------------- end to end

@@ -2,28 +2,19 @@
 bad input, divergence, Ctrl-C, checkpoints and exact resume, reproducibility, final weights. Each run is its own
 process, forked from a warm interpreter (conftest.ForkedRun) unless a test needs a fresh one."""
 
+import re
 import signal
 import time
 
 import pytest
 import torch
 
-from conftest import SCRIPTS, TEST_MODEL, read_metrics, start_script
-
-# a tiny configuration on the laptop model: a few seconds per run
-PROMPTS = [f"Tell me something about topic number {i}, please." for i in range(40)]
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("\n".join(PROMPTS) + "\n")  # 32 train, 8 test prompts
-    return path
+from conftest import SCRIPTS, TINY, read_metrics, start_script
 
 
 def tiny(prompts_file, task="wc"):
-    return ["--laptop", "--model", TEST_MODEL, "--prompts", prompts_file, "--task", task, "--seed", "1",
-            "--batch-size", "2", "--max-new-tokens", "12", "--eval-every", "3", "--eval-batch-size", "8"]
+    """conftest's tiny configuration (prompts_file: its 32 train and 8 test prompts) on one task, seed 1."""
+    return [*TINY, "--prompts", prompts_file, "--task", task, "--seed", "1"]
 
 
 def start(args, out, env=None, fresh_interpreter=False):
@@ -59,12 +50,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, promp
         "batch size 0": ([*base, "--batch-size", "0"], "--batch-size must be positive"),
         "iterations -1": ([*base, "--iterations", "-1"], "--iterations must be positive"),
         "resume from nowhere": ([*base, "--resume", tmp_path / "nowhere"], "not a run directory"),
+        "positions beyond the model's": ([*base, "--max-new-tokens", "200"], "exceed the 128 positions"),
+        "negative policy lr": ([*base, "--policy-lr", "-1"], "--policy-lr must be positive"),
+        "run name with a path": ([*base, "--run-name", "../../x"], "is a path"),
+        "batch larger than the prompts": ([*base, "--batch-size", "33"], "--batch-size 33 is larger than the 32 train prompts"),
+        "not a torch device": ([*base, "--device", "gpu0"], "is not a torch device"),
     }
+    if not torch.cuda.is_available():
+        cases["--device cuda without CUDA"] = ([*base, "--device", "cuda"], "torch sees no CUDA GPU")
     help_run = start_script([f"{script}.py", "--help"], env={"OMP_NUM_THREADS": "1"})
     help_text = help_run.communicate(timeout=300)[0]
     assert help_run.returncode == 0 and "--batch-size" in help_text, help_text
     if "--samples-per-prompt" in help_text:
         cases["one sample per prompt"] = ([*base, "--samples-per-prompt", "1"], "--samples-per-prompt must be at least 2")
+    for lr in sorted(set(re.findall(r"--[a-z-]+-lr\b", help_text)) - {"--policy-lr"}):  # every learning rate, 0 too
+        cases[f"zero {lr}"] = ([*base, lr, "0"], f"{lr} must be positive")
     for coef in ("--beta", "--tau"):
         if coef in help_text:
             cases[f"negative {coef}"] = ([*base, coef, "-0.1"], f"{coef} must be non-negative")
@@ -79,6 +79,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, promp
         assert lines and lines[-1].startswith("error: ") and "Traceback" not in stderr, f"{name}: {stderr[-2000:]}"
         assert cases[name][1] in lines[-1], f"{name}: failed for another reason: {lines[-1]}"
         assert not out.exists() or not any(out.iterdir()), f"{name}: wrote {list(out.iterdir())}"
+    assert not (tmp_path.parent / "x").exists()  # the path-like run name wrote nothing outside --output-dir
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -1,0 +1,172 @@
+"""tools/results.py (issue 17): on synthetic runs whose means, standard deviations, Pareto fronts and times are known,
+every number of results.csv and the notes of results.md (diverged, unfinished, missing, other arguments, moved-aside
+directories); on a tiny real grid, the figures."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tools"))
+import results  # noqa: E402
+from test_grid import run_grid, tiny  # noqa: E402  (the grid's runs, forked from the warm interpreter)
+
+RESULTS = [sys.executable, str(REPO / "tools" / "results.py")]
+
+
+def test_pareto_front_keeps_exactly_the_points_no_other_weakly_dominates():
+    assert results.pareto_front([(1, 5), (2, 4), (0.5, 3), (2, 6)]) == [(0.5, 3), (1, 5), (2, 6)]
+    assert results.pareto_front([(1, 1), (1, 1), (1, 2)]) == [(1, 2)]  # equal KL, more reward
+    assert results.pareto_front([(1, 2), (0.5, 2)]) == [(0.5, 2)]  # equal reward, less KL
+    assert results.pareto_front([]) == []
+
+
+def write_run(root, name, algo, task, seed, rows, status="finished", policy=False, **args):
+    """A run directory as the scripts write it: config.json and metrics.csv (and policy/ if asked)."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"algo": algo, "script": f"{algo}.py", "args": {"task": task, "seed": seed, "laptop": True, "iterations": 4,
+                                                               "run_name": name, "output_dir": str(root), **args}}
+    if status is not None:  # None: a run from before config.json had a status
+        config["status"] = status
+    (run / "config.json").write_text(json.dumps(config))
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    if policy:
+        (run / "policy").mkdir()
+
+
+def sta_rows(t, rewards, kls, pairs, last=4):
+    """Iterations 0..last, evaluations at 0, 2 and 4 (rewards, kls); t seconds per iteration, 10 more per evaluation."""
+    rows, wall = [], 5.0
+    for i in range(last + 1):
+        wall += (t + (10 if i % 2 == 0 else 0)) if i else 0.0
+        row = {"iteration": i, "wall_time": wall, "prompts_seen": 2 * i, "pairs_queried": round(pairs * i / 4),
+               "pairs_kept": round(7 * i / 4), "eval/reward": "", "eval/kl": "", "rm/loss": "", "rm/score_mean": ""}
+        if i % 2 == 0:
+            row.update({"eval/reward": rewards[i // 2], "eval/kl": kls[i // 2]})
+        if i:
+            row.update({"rm/loss": 1.0 / i, "rm/score_mean": float(i)})
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """wc: Naive STA, seeds 1-3 finished (final reward 1, 2, 3; KL 2, 4, 6; 1, 2, 3 s an iteration), seed 4
+    diverged, seed 5 unfinished, seed 6 with other arguments, and a moved-aside directory; offline DPO (old format:
+    oracle_pairs, no status) seeds 1, 2; iterated DPO (dpo.py --online) seed 1. cwc: PARL seed 1."""
+    root = tmp_path_factory.mktemp("runs")
+    for seed, t in [(1, 1.0), (2, 2.0), (3, 3.0)]:
+        write_run(root, f"wc__sta_naive__{seed}", "sta_naive", "wc", seed,
+                  sta_rows(t, rewards=[0, 1 + seed, seed], kls=[0, 1, 2 * seed], pairs=7 + seed))
+    write_run(root, "wc__sta_naive__4", "sta_naive", "wc", 4, sta_rows(1, [0, 9, 9], [0, 1, 1], 8)[:3], status="diverged")
+    write_run(root, "wc__sta_naive__5", "sta_naive", "wc", 5, sta_rows(1, [0, 9, 9], [0, 1, 1], 8)[:2], status="running")
+    write_run(root, "wc__sta_naive__6", "sta_naive", "wc", 6, sta_rows(1, [0, 9, 99], [0, 1, 1], 8), iterations=1000)
+    write_run(root, "wc__sta_naive__1.old-1", "sta_naive", "wc", 1, sta_rows(1, [0, 50, 99], [0, 1, 1], 8))
+    for seed, final_kl, wall in [(1, 0.5, 10.0), (2, 1.5, 20.0)]:
+        rows = [{"iteration": 0, "wall_time": 0.0, "prompts_seen": 0, "oracle_pairs": 0, "eval/reward": 0.0, "eval/kl": 0.0},
+                {"iteration": 4, "wall_time": wall, "prompts_seen": 8, "oracle_pairs": 6, "eval/reward": 1.0, "eval/kl": final_kl}]
+        write_run(root, f"wc__dpo__{seed}", "dpo", "wc", seed, rows, status=None, policy=True)
+    rows = [{"iteration": 0, "wall_time": 0.0, "prompts_seen": 0, "pairs_queried": 0, "eval/reward": 0.5, "eval/kl": 0.0},
+            {"iteration": 4, "wall_time": 3.0, "prompts_seen": 8, "pairs_queried": 8, "eval/reward": 2.5, "eval/kl": 3.0}]
+    write_run(root, "wc__iterated_dpo__1", "dpo", "wc", 1, rows, online=True)
+    rows = [{"iteration": 0, "wall_time": 0.0, "prompts_seen": 0, "pairs_queried": 0, "eval/reward": 1.0, "eval/kl": 0.0},
+            {"iteration": 1, "wall_time": 4.0, "prompts_seen": 10, "pairs_queried": 2, "eval/reward": 2.0, "eval/kl": 5.0}]
+    write_run(root, "cwc__parl__1", "parl", "cwc", 1, rows)
+    return root
+
+
+def read_csv(out):
+    with open(out / "results.csv", newline="") as f:
+        return {(r["task"], r["method"]): r for r in csv.DictReader(f)}
+
+
+def close(text, value):
+    return float(text) == pytest.approx(value)
+
+
+def test_every_number_on_synthetic_runs(synthetic, tmp_path):
+    done = subprocess.run([*RESULTS, str(synthetic), "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = read_csv(tmp_path)
+    naive = table[("wc", "sta_naive")]
+    assert naive["n"] == "3" and naive["seeds"] == "1 2 3"
+    assert close(naive["final_reward_mean"], 2) and close(naive["final_reward_std"], 1)  # 1, 2, 3 (sample std)
+    assert close(naive["final_kl_mean"], 4) and close(naive["final_kl_std"], 2)  # 2, 4, 6
+    # Pareto points (mean KL, mean reward) at iterations 0, 2, 4: (0, 0), (1, 3), (4, 2); the last is dominated
+    assert close(naive["kl_budget"], 1)  # the smallest final mean KL on wc: DPO's (0.5 + 1.5) / 2
+    assert close(naive["pareto_best_reward"], 3) and close(naive["pareto_best_kl"], 1)
+    assert close(naive["s_per_iteration_mean"], 2) and close(naive["s_per_iteration_std"], 1)  # evaluations left out
+    assert close(naive["s_per_run_mean"], 33) and close(naive["s_per_run_std"], 4)  # 5 + 4t + 20 for t = 1, 2, 3
+    assert close(naive["prompts_seen"], 8) and close(naive["pairs_queried"], 9) and close(naive["pairs_kept"], 7)
+    assert close(naive["time_ratio_to_naive"], 1) and close(naive["paper_s_per_run"], 2558.152)
+    assert naive["diverged"] == "seed 4 after iteration 2" and naive["unfinished"] == "seed 5 running at iteration 1"
+    assert naive["missing"] == "" and "wc__sta_naive__6" in naive["excluded"] and "iterations: 4 here, 1000 there" in naive["excluded"]
+    assert ".old-1" not in naive["excluded"]
+
+    dpo = table[("wc", "dpo")]  # old format: no status (policy/ ⇒ finished), oracle_pairs
+    assert dpo["n"] == "2" and close(dpo["final_reward_mean"], 1) and close(dpo["final_reward_std"], 0)
+    assert close(dpo["final_kl_mean"], 1) and close(dpo["final_kl_std"], 2 ** -0.5)
+    assert close(dpo["pareto_best_reward"], 1) and close(dpo["pareto_best_kl"], 1)  # front (0, 0), (1, 1)
+    assert close(dpo["pairs_queried"], 6) and dpo["pairs_kept"] == "" and dpo["s_per_iteration_mean"] == ""
+    assert close(dpo["time_ratio_to_naive"], 15 / 33) and close(dpo["paper_ratio_to_naive"], 1143.555 / 2558.152)
+    assert dpo["missing"] == "3 4 5"  # every seed that some run of the folder has
+
+    online = table[("wc", "iterated_dpo")]
+    assert online["n"] == "1" and close(online["final_reward_mean"], 2.5) and online["final_reward_std"] == ""
+    assert online["pareto_best_reward"] == "0.5" and online["paper_s_per_run"] == ""  # KL ≤ 1: only iteration 0
+
+    parl = table[("cwc", "parl")]
+    assert close(parl["kl_budget"], 5) and close(parl["pareto_best_reward"], 2) and close(parl["prompts_seen"], 10)
+    assert parl["time_ratio_to_naive"] == "" and close(parl["paper_ratio_to_naive"], 1340.522 / 2399.765)
+    assert table[("cwc", "sta_naive")]["n"] == "0" and table[("cwc", "sta_naive")]["missing"] == "1 2 3 4 5"
+
+    md = (tmp_path / "results.md").read_text()
+    assert "KL budget for the Pareto column: 1.00 (the smallest final mean KL on this task)" in md
+    assert "| Naive STA | 3 | 2.00 ± 1.00 | 4.00 ± 2.00 | 3.00 (1.00) | 2.000 ± 1.000 | 33.0 ± 4.0 | 8 | 9 | 7 |" in md
+    assert "diverged: seed 4 after iteration 2; unfinished: seed 5 running at iteration 1 |" in md
+    assert "| wc | DPO | 15.0 | 0.45 | 1144 | 0.45 |" in md and "Appendix B Table 1" in md
+    assert "wc__sta_naive__6" in md and ".old-1" not in md
+
+    budget = subprocess.run([*RESULTS, str(synthetic), "--out", str(tmp_path / "b"), "--kl-budget", "0.5"],
+                            capture_output=True, text=True, timeout=300)
+    assert budget.returncode == 0 and "0.50 (given with `--kl-budget`)" in (tmp_path / "b" / "results.md").read_text()
+    assert close(read_csv(tmp_path / "b")[("wc", "sta_naive")]["pareto_best_reward"], 0)
+
+
+def test_figures_of_a_tiny_grid(tmp_path, prompts_file):
+    """Naive and Total STA × 2 seeds through tools/grid.py, then tools/results.py: a table with n = 2 for both and,
+    where matplotlib is installed, the four figures."""
+    prompts = prompts_file
+    code, out, _ = run_grid("--algos", "sta_naive", "sta_total", "--tasks", "wc", "--seeds", "1", "2", "--workers", "2",
+                            "--output-dir", tmp_path / "runs", "--", *tiny(prompts))
+    assert code == 0, out
+    done = subprocess.run([*RESULTS, str(tmp_path / "runs"), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = read_csv(tmp_path / "out")
+    assert table[("wc", "sta_naive")]["n"] == "2" and table[("wc", "sta_total")]["n"] == "2"
+    assert float(table[("wc", "sta_total")]["time_ratio_to_naive"]) > 0
+    print((tmp_path / "out" / "results.md").read_text())
+    pytest.importorskip("matplotlib")
+    for name in ["figure1_reward.png", "figure1_reward_pairs.png", "figure1_pareto.png", "figure2_convergence.png"]:
+        assert (tmp_path / "out" / name).stat().st_size > 1000, name
+
+
+def test_tables_without_matplotlib(synthetic, tmp_path):
+    """matplotlib is optional: with it hidden, the tables are written and results.md says why there are no figures."""
+    hide = "import sys; sys.modules['matplotlib'] = None; sys.argv = sys.argv[1:]; import runpy; " \
+           "runpy.run_path(sys.argv[0], run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", hide, RESULTS[1], str(synthetic), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Not drawn: matplotlib is not installed" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.csv").exists() and not list(tmp_path.glob("*.png"))

