@@ -13,13 +13,18 @@ The language model π_θ leads, the reward model r_ω follows. Each outer iterat
      θ enters L_RM only through the sampling of C, so the mixed term is a score-function estimate (eq. 19-26),
      ∇_θ (1/|C|) Σ_i sg(c_i)·(log π_θ(y_w,i|x_i) + log π_θ(y_l,i|x_i)) with c_i = ⟨∇_ω ℓ_i, u⟩ the directional
      derivative of pair i's loss ℓ_i = −log σ(r_ω(y_w,i) − r_ω(y_l,i)) along u.
+     `--curvature gauss-newton` solves the same eq. 11 (same b, same mixed term) with H replaced by the generalised
+     Gauss-Newton matrix G = (1/|C|) Σ_i σ(Δ_i)(1 − σ(Δ_i)) ∇Δ_i ∇Δ_iᵀ of L_RM, Δ_i = r_ω(y_w,i) − r_ω(y_l,i): H without
+     its −(1/|C|) Σ_i (1 − σ(Δ_i)) ∇²Δ_i term, positive semi-definite and of rank ≤ |C|, so u is solved exactly in the
+     |C|-dimensional pair space from the |C| per-pair gradients ∇Δ_i.
 
 Departures from the paper and the authors' code (SPEC Decisions): pure sampling, not top-k 50 (D2); token ids are
 kept, never decoded and re-tokenized, and masks come from positions (D3, D4); the KL term is exact over the
 vocabulary in the paper's direction KL(π_θ ‖ π_ref), differentiated through the logits only (the dependence of the
 visited prefixes on θ is ignored) (D6); tied prompts are resampled, then dropped (D8); REINFORCE runs on the 2B
 sequences of C as the paper says, `--pg-samples all` uses all kB samples (D12); dropout is off (D20). CG runs on the
-damped loss Hessian H + λI (the paper gives no λ) and stops on non-positive curvature (D13); `--mixed-score all`
+damped loss Hessian H + λI (the paper gives no λ) and stops on non-positive curvature (D13), or, with
+`--curvature gauss-newton`, G + λI replaces it (D13 allows it; not the paper's); `--mixed-score all`
 scores all k samples of a prompt instead of the selected pair, the unbiased score of best/worst-of-k (SPEC §3(c)).
 """
 
@@ -90,14 +95,17 @@ class Args:
     """subtract the batch mean of the RM scores in REINFORCE (the paper has no baseline)"""
     implicit: bool = True
     """add eq. 11's implicit term to the leader's gradient (--no-implicit gives Naive STA, bit for bit)"""
+    curvature: Literal["exact", "gauss-newton"] = "exact"
+    """curvature of the RM loss in eq. 11: its Hessian H (the paper's, by CG) or its generalised Gauss-Newton part G
+    (positive semi-definite, solved exactly in the |C|-dimensional pair space) (D13)"""
     cg_iterations: int = 10
-    """conjugate-gradient iterations for u = (H + λI)⁻¹ ∇_ω R_LM (the paper's 10)"""
+    """conjugate-gradient iterations for u = (H + λI)⁻¹ ∇_ω R_LM (the paper's 10; exact curvature only)"""
     cg_damping: float = 100.0
-    """λ: damping added to the Hessian of the RM loss, which is indefinite away from a minimum (D13; measured on
-    SmolLM2-135M: λ ≤ 1 broke down on every iteration, λ = 100 on none; README)"""
+    """λ: damping added to the curvature; the Hessian of the RM loss is indefinite away from a minimum (D13; measured on
+    SmolLM2-135M: λ ≤ 1 broke down on every iteration, λ = 100 on none; README); gauss-newton needs λ > 0"""
     cg_tol: float = 1e-2
     """CG stops before cg_iterations once ‖(H + λI)u − b‖ ≤ cg_tol·‖b‖; each step is one HVP (~6 RM forwards); at 1e-2,
-    u and c were measured within 1% of a tight solve (README)"""
+    u and c were measured within 1% of a tight solve (README; exact curvature only)"""
     mixed_score: Literal["pairs", "all"] = "pairs"
     """score of the mixed term: log π of the selected pair (eq. 22) or of all k samples (needs --pg-samples all)"""
     eval_every: int = 10
@@ -126,10 +134,36 @@ def implicit_term(pair_losses, rm_params, b, cg_iterations, cg_damping, cg_tol):
     return u, c, info
 
 
+def implicit_term_gauss_newton(pair_margins, n_pairs, rm_params, b, cg_damping, pair_weights=None):
+    """implicit_term with the generalised Gauss-Newton matrix G of L_RM in place of H (D13, --curvature gauss-newton),
+    given the margins Δ_i(ω) = r_ω(y_w,i) − r_ω(y_l,i) of C's n_pairs pairs, each with its own graph (an iterable: one
+    pair's forward and backward at a time); `pair_weights` a_i weight the pairs, L_RM = (1/|C|) Σ_i a_i ℓ_i (default 1,
+    eq. 4).
+
+    ℓ_i = −log σ(Δ_i): ∇²ℓ_i = σ(Δ_i)σ(−Δ_i) ∇Δ_i ∇Δ_iᵀ − σ(−Δ_i) ∇²Δ_i, and G = (1/|C|) Σ_i a_i σ(Δ_i)σ(−Δ_i) ∇Δ_i ∇Δ_iᵀ
+    keeps the first term: positive semi-definite, so the solve cannot break down, and of rank ≤ |C|. With J the |C|
+    per-pair gradients ∇Δ_i, u = (G + λI)⁻¹ b is solved directly in the |C|-dimensional pair space
+    (common.gauss_newton_solve): on the laptop it took 0.26 CPU-s a solve, CG with Gauss-Newton products 1.15 s to reach
+    1e-2 (README), at the price of holding J, |C| copies of ω (paper scale: 16 × 125M floats, 8 GB). c_i = ⟨∇_ω ℓ_i, u⟩ =
+    −a_i σ(−Δ_i) ⟨∇Δ_i, u⟩ comes from J u. Returns (u, c, info) with implicit_term's info: 0 CG iterations, no breakdown,
+    the residual ‖(G + λI)u − b‖/‖b‖."""
+    jacobian, margin = b.new_empty(n_pairs, len(b)), b.new_empty(n_pairs)  # J filled row by row: no second copy of it
+    for i, pair_margin in enumerate(pair_margins):
+        jacobian[i], margin[i] = common.flat(torch.autograd.grad(pair_margin, rm_params)), pair_margin.detach()
+    weights = torch.ones_like(margin) if pair_weights is None else pair_weights
+    curvature = weights * torch.sigmoid(margin) * torch.sigmoid(-margin) / len(margin)
+    u, ju = common.gauss_newton_solve(jacobian, curvature, b, cg_damping)
+    residual = (common.gauss_newton_vector_product(jacobian, curvature, u)[0] + cg_damping * u - b).norm() / b.norm()
+    info = {"iterations": 0, "returned_iterate": 0, "residual": float(residual) if b.any() else 0.0, "breakdown": False}
+    return u, -weights * torch.sigmoid(-margin) * ju, info
+
+
 if __name__ == "__main__":
     args = common.parse_args(Args, LAPTOP)
     if args.mixed_score == "all" and args.pg_samples != "all":
         common.fail("--mixed-score all reuses the log-probs of all k samples: pass --pg-samples all too")
+    if args.curvature == "gauss-newton" and not args.cg_damping > 0:
+        common.fail(f"--curvature gauss-newton needs --cg-damping > 0: G has rank at most |C| (got {args.cg_damping})")
     common.seed_everything(args.seed)
     tokenizer = common.load_tokenizer(args.model, args.prompt_len)
     train_prompts = common.load_prompts(args.prompts, "train", min_prompts=args.batch_size)
@@ -139,7 +173,7 @@ if __name__ == "__main__":
     reward_model = common.load_reward_model(args.model, tokenizer, args.device)
     policy_optimizer = torch.optim.RMSprop(policy.parameters(), lr=args.policy_lr)
     rm_optimizer = torch.optim.AdamW(reward_model.parameters(), lr=args.rm_lr, weight_decay=args.rm_weight_decay)
-    run = common.Run(args, "sta_total")
+    run = common.Run(args, "sta_total" if args.curvature == "exact" else "sta_total_gn")
     models = {"policy": policy, "reward_model": reward_model}
     optimizers = {"policy": policy_optimizer, "reward_model": rm_optimizer}
     counters = run.start_or_resume(models, optimizers)
@@ -198,11 +232,17 @@ if __name__ == "__main__":
                 rm_params = list(reward_model.parameters())
                 # b = ∇_ω R_LM: gradient of the mean RM score over the REINFORCE sequences (eq. 34-35)
                 scores = common.reward_model_scores(reward_model, pg_ids, pg_mask)
-                b = common.flat(torch.autograd.grad(scores.mean(), rm_params, retain_graph=args.pg_samples == "pairs"))
-                if args.pg_samples == "all":  # H and c_i are on C alone (with "pairs" the same forward serves both)
-                    scores = common.reward_model_scores(reward_model, ids[pairs], mask[pairs])
-                u, c, cg = implicit_term(-F.logsigmoid(scores[:n_pairs] - scores[n_pairs:]), rm_params, b,
-                                         args.cg_iterations, args.cg_damping, args.cg_tol)
+                retain = args.pg_samples == "pairs" and args.curvature == "exact"
+                b = common.flat(torch.autograd.grad(scores.mean(), rm_params, retain_graph=retain))
+                if args.curvature == "gauss-newton":  # G for H: each pair's ∇Δ_i from a forward on its 2 sequences
+                    pair_scores = (common.reward_model_scores(reward_model, ids[rows], mask[rows]) for rows in pairs.view(2, -1).T)
+                    u, c, cg = implicit_term_gauss_newton((s[0] - s[1] for s in pair_scores), n_pairs, rm_params, b,
+                                                          args.cg_damping)
+                else:
+                    if args.pg_samples == "all":  # H and c_i are on C alone (with "pairs" the same forward serves both)
+                        scores = common.reward_model_scores(reward_model, ids[pairs], mask[pairs])
+                    u, c, cg = implicit_term(-F.logsigmoid(scores[:n_pairs] - scores[n_pairs:]), rm_params, b,
+                                             args.cg_iterations, args.cg_damping, args.cg_tol)
                 del scores  # frees the RM's graph before the policy's backward
                 # eq. 19-26: ∇_θ⟨∇_ω L_RM, u⟩ = ∇_θ (1/|C|) Σ_i sg(c_i)·score_i, on the log-probs REINFORCE computed
                 seq_logp = (token_logp * pg_continuation).sum(1)

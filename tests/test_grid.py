@@ -189,6 +189,8 @@ def test_dry_run_lists_exactly_the_product(tmp_path, monkeypatch):
     assert len(lines) == 9 * 3 * 5 == 135
     cores = len(os.sched_getaffinity(0))
     assert all(line.startswith(f"OMP_NUM_THREADS={cores} python ") for line in lines)
+    # task, then seed, then method: the first nine are every method on wc with the first seed
+    assert {line.split("--run-name ")[1].split()[0] for line in lines[:9]} == {f"wc__{m}__467" for m in grid.DEFAULT_METHODS}
 
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):

@@ -7,6 +7,7 @@ script does, and assemble the leader's gradient the way the script does: naive p
 """
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,8 @@ def test_tabular_score_function_total_gradient_matches_finite_differences(k, sco
     H + μI is the Hessian of the ridged loss). The script's estimator fed exact draw probabilities as weights,
     ∇_θ R_LM − ∇_θ Σ sg(p·c)·score, equals dF/dθ by finite differences. k = 2 is the paper's i.i.d. pair
     (score = log π(y_w) + log π(y_l), eq. 22); k = 3 best-vs-worst needs the score of all k samples
-    (--mixed-score all), and the pair's score is then measurably biased."""
+    (--mixed-score all), and the pair's score is then measurably biased. The reward model is linear in ω, so the
+    Gauss-Newton matrix is the Hessian (∇²Δ = 0): --curvature gauss-newton gives the same u, c and total gradient."""
     theta = torch.tensor([0.2, -0.4, 0.1, 0.5, -0.3], dtype=torch.float64, requires_grad=True)
     omega = omega_star(theta.detach(), k).requires_grad_()
     ys, winners, losers = tabular_setup(k)
@@ -135,6 +137,10 @@ def test_tabular_score_function_total_gradient_matches_finite_differences(k, sco
     pair_losses = n * weights * -F.logsigmoid(omega[winners] - omega[losers])
     u, c, info = sta_total.implicit_term(pair_losses, [omega], b, cg_iterations=2 * K, cg_damping=MU, cg_tol=1e-13)
     assert info["residual"] < 1e-10 and not info["breakdown"]
+    u_gn, c_gn, info_gn = sta_total.implicit_term_gauss_newton((omega[w] - omega[l] for w, l in zip(winners, losers)), n, [omega],
+                                                               b, MU, pair_weights=n * weights)
+    assert info_gn["residual"] < 1e-12 and not info_gn["breakdown"]
+    assert torch.allclose(u_gn, u, rtol=1e-9, atol=1e-12) and torch.allclose(c_gn, c, rtol=1e-9, atol=1e-12)
     pair_score = log_pi[winners] + log_pi[losers]
     all_score = log_pi[ys].sum(1)
     fd_h = 1e-5
@@ -144,7 +150,9 @@ def test_tabular_score_function_total_gradient_matches_finite_differences(k, sco
     for name, s in (("pairs", pair_score), ("all", all_score)):
         mixed = torch.autograd.grad((c * s).mean(), theta, retain_graph=True)[0]
         totals[name] = naive - mixed
+    gauss_newton = naive - torch.autograd.grad((c_gn * (pair_score if score == "pairs" else all_score)).mean(), theta)[0]
     assert torch.allclose(totals[score], fd, rtol=1e-5, atol=1e-7), (totals[score], fd)
+    assert torch.allclose(gauss_newton, fd, rtol=1e-5, atol=1e-7), (gauss_newton, fd)
     assert (naive - fd).norm() > 1e-2 * fd.norm()  # the implicit term matters here
     if k > 2:
         assert (totals["pairs"] - fd).norm() > 1e-2 * fd.norm()  # best-vs-worst of k: the pair's score is biased
@@ -236,6 +244,117 @@ def test_hessian_vector_products_are_symmetric_on_the_laptop_reward_model(model_
     assert (uHv - vHu).abs() <= 1e-4 * uHv.abs()
 
 
+# ---------------------------------------------------------------------------------------------------- Gauss-Newton
+def hessian_minus_gauss_newton(margin, params):
+    """The create_graph gradient whose Hessian-vector products give H − G = −(1/|C|) Σ_i σ(−Δ_i) ∇²Δ_i, the term of the
+    BT loss Hessian that the Gauss-Newton matrix drops: the Hessian of −(1/|C|) Σ_i sg(σ(−Δ_i)) Δ_i."""
+    return torch.autograd.grad((-torch.sigmoid(-margin).detach() * margin).mean(), params, create_graph=True)
+
+
+def test_gauss_newton_matches_the_explicit_matrix_on_a_tiny_reward_model(float64_softmax):
+    """--curvature gauss-newton against dense algebra on a 1024-parameter OPT reward model in float64: J = ∂Δ/∂ω by
+    torch.func.jacrev of the batched model, G = Jᵀ diag(σ(Δ)σ(−Δ)) J / |C|. gauss_newton_vector_product is G v; G is the
+    loss Hessian without −(1/|C|) Σ σ(−Δ_i)∇²Δ_i (H v = G v + that term's HVP, and the term is not small); vᵀGv ≥ 0;
+    implicit_term_gauss_newton's u solves (G + λI)u = b and its c_i are forward-mode JVPs ⟨∇ℓ_i, u⟩, for λ from 1e-4 to 10
+    times G's largest eigenvalue."""
+    from transformers import AutoModelForSequenceClassification, OPTConfig
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=32, hidden_size=8, ffn_dim=16, num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=8,
+                       max_position_embeddings=16, num_labels=1, pad_token_id=1, dropout=0.0)
+    reward_model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").double().eval()
+    g = torch.Generator().manual_seed(0)
+    n_pairs = 4
+    ids = torch.randint(3, 32, (2 * n_pairs, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded prompt
+    mask[n_pairs + 1, -3:] = 0  # a continuation that ended early
+    ids[mask == 0] = 1
+    params = list(reward_model.parameters())
+    primal = {name: p.detach() for name, p in reward_model.named_parameters()}
+    # the model's own pooling (rightmost non-pad token) reads the same position as reward_model_scores here
+    scores = lambda p: torch.func.functional_call(reward_model, p, (ids,), {"attention_mask": mask}).logits.squeeze(-1)
+    margin_of = lambda p: scores(p)[:n_pairs] - scores(p)[n_pairs:]
+    jacobian = torch.cat([j.reshape(n_pairs, -1) for j in torch.func.jacrev(margin_of)(primal).values()], 1)
+    margin = margin_of(primal)
+    weights = torch.sigmoid(margin) * torch.sigmoid(-margin) / n_pairs
+    G = jacobian.T @ torch.diag(weights) @ jacobian
+    eigenvalues = torch.linalg.eigvalsh(G)
+    assert jacobian.shape == (n_pairs, 1024) and eigenvalues.min() > -1e-12 * eigenvalues.max()
+    assert (eigenvalues > 1e-10 * eigenvalues.max()).sum() == n_pairs  # rank |C|
+
+    v = torch.randn(len(G), generator=g, dtype=torch.float64)
+    Gv, Jv = common.gauss_newton_vector_product(jacobian, weights, v)
+    assert torch.allclose(Gv, G @ v, rtol=1e-10, atol=1e-14) and torch.allclose(Jv, jacobian @ v, rtol=1e-12)
+    assert all(w @ common.gauss_newton_vector_product(jacobian, weights, w)[0] >= 0
+               for w in torch.randn(20, len(G), generator=g, dtype=torch.float64))
+    batch_margin = (lambda s: s[:n_pairs] - s[n_pairs:])(common.reward_model_scores(reward_model, ids, mask))
+    assert torch.allclose(batch_margin.double(), margin, rtol=1e-6)
+    losses = -F.logsigmoid(batch_margin)
+    Hv = common.hessian_vector_product(torch.autograd.grad(losses.mean(), params, create_graph=True), params, v)
+    rest = common.hessian_vector_product(hessian_minus_gauss_newton(batch_margin, params), params, v)
+    assert torch.allclose(Hv, G @ v + rest, rtol=1e-5, atol=1e-7 * Hv.abs().max())  # float32 scores (D5)
+    assert rest.norm() > 0.1 * (G @ v).norm()  # H ≠ G here: the test tells them apart
+
+    b = torch.randn(len(G), generator=g, dtype=torch.float64)
+    for scale in (1e-4, 1e-1, 10.0):
+        damping = scale * eigenvalues.max().item()
+        pair_margins = ((lambda s: s[0] - s[1])(common.reward_model_scores(reward_model, ids[[i, n_pairs + i]], mask[[i, n_pairs + i]]))
+                        for i in range(n_pairs))
+        u, c, info = sta_total.implicit_term_gauss_newton(pair_margins, n_pairs, params, b, damping)
+        expected = torch.linalg.solve(G + damping * torch.eye(len(G), dtype=torch.float64), b)
+        assert not info["breakdown"] and info["iterations"] == 0 and info["residual"] < 1e-6, info
+        assert torch.allclose(u, expected, rtol=1e-5, atol=1e-6 * expected.abs().max()), scale
+        assert ((G + damping * torch.eye(len(G), dtype=torch.float64)) @ u - b).norm() < 1e-5 * b.norm()
+        tangent = dict(zip(primal, [t.view_as(p) for t, p in zip(u.split([p.numel() for p in params]), params)]))
+        _, jvp = torch.func.jvp(lambda p: -F.logsigmoid(margin_of(p)), (primal,), (tangent,))
+        assert torch.allclose(c.double(), jvp, rtol=1e-5, atol=1e-6 * jvp.abs().max()), scale
+
+
+def test_gauss_newton_on_the_laptop_reward_model_over_a_short_follower_run(model_dir):
+    """The float32 laptop reward model through 3 rounds of 2 AdamW steps on the BT loss of 8 pairs: at every round the
+    per-pair gradients give G v = H v − (the dropped term's HVP), vᵀGv ≥ 0 on random v, and CG on G + λI (λ = 1e-2,
+    products by common.gauss_newton_vector_product) never breaks down and reaches implicit_term_gauss_newton's pair-space
+    u, while CG on H + λI breaks down (negative curvature) at the same λ."""
+    tokenizer = common.load_tokenizer(model_dir)
+    torch.manual_seed(0)
+    reward_model = common.load_reward_model(model_dir, tokenizer, "cpu")
+    g = torch.Generator().manual_seed(1)
+    n_pairs, damping = 8, 1e-2
+    ids = torch.randint(3, len(tokenizer), (2 * n_pairs, 12), generator=g)
+    mask = torch.ones_like(ids)
+    params = list(reward_model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    exact_breakdowns = 0
+    for _ in range(3):
+        for _ in range(2):
+            optimizer.zero_grad()
+            pair_losses_of(reward_model, ids, mask, n_pairs).mean().backward()
+            optimizer.step()
+        scores = common.reward_model_scores(reward_model, ids, mask)
+        margin = scores[:n_pairs] - scores[n_pairs:]
+        b = common.flat(torch.autograd.grad(scores.mean(), params, retain_graph=True))
+        jacobian = torch.stack([common.flat(torch.autograd.grad(margin[i], params, retain_graph=True)) for i in range(n_pairs)])
+        weights = (torch.sigmoid(margin) * torch.sigmoid(-margin)).detach() / n_pairs
+        v = torch.randn(len(b), generator=g)
+        Gv, _ = common.gauss_newton_vector_product(jacobian, weights, v)
+        losses = -F.logsigmoid(margin)
+        Hv = common.hessian_vector_product(torch.autograd.grad(losses.mean(), params, create_graph=True), params, v)
+        rest = common.hessian_vector_product(hessian_minus_gauss_newton(margin, params), params, v)
+        assert (Hv - rest - Gv).norm() <= 1e-4 * Hv.norm() and rest.norm() > 0.1 * Gv.norm()
+        assert all(w @ common.gauss_newton_vector_product(jacobian, weights, w)[0] >= 0 for w in torch.randn(10, len(b), generator=g))
+        u_cg, info = common.conjugate_gradient(lambda p: common.gauss_newton_vector_product(jacobian, weights, p), b,
+                                               3 * n_pairs, damping, 1e-6)
+        pair_margins = ((lambda s: s[0] - s[1])(common.reward_model_scores(reward_model, ids[[i, n_pairs + i]], mask[[i, n_pairs + i]]))
+                        for i in range(n_pairs))
+        u, c, gn_info = sta_total.implicit_term_gauss_newton(pair_margins, n_pairs, params, b, damping)
+        # CG's residual is its recursive one; the pair-space solve's is recomputed, at float32's floor ~ε‖G‖/λ
+        assert not info["breakdown"] and info["residual"] <= 1e-5 and gn_info["residual"] <= 1e-3, (info, gn_info)
+        assert (u_cg - u).norm() <= 1e-4 * u.norm()
+        exact_breakdowns += sta_total.implicit_term(losses, params, b, 10, damping, 1e-6)[2]["breakdown"]
+    assert exact_breakdowns > 0
+
+
 # ---------------------------------------------------------------------------------------------------- the script
 def start(script, flags, out_dir):
     """`python {script}.py flags --output-dir out_dir` on one thread, forked from the warm interpreter if it can be."""
@@ -259,27 +378,41 @@ def policy_weights(run_dir):
 def test_total_reduces_to_naive_bit_for_bit(model_dir, tmp_path):
     """SPEC §15.4 #23 on the laptop model, whole script: --no-implicit and u = 0 (--cg-iterations 0, as b = 0 gives)
     reproduce sta_naive.py exactly (metrics and final weights), while the default run moves the policy elsewhere.
-    Also: --mixed-score all runs with --pg-samples all and is refused without it."""
+    The same with --curvature gauss-newton (u = 0 by a pair-space solve fed b = 0), whose run is named sta_total_gn and
+    never breaks down. Also: --mixed-score all runs with --pg-samples all and is refused without it, and gauss-newton is
+    refused without damping."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"Tell me something about topic number {i}, please." for i in range(40)) + "\n")
     base = ["--laptop", "--model", model_dir, "--prompts", prompts, "--task", "un", "--seed", "1", "--batch-size", "2",
             "--max-new-tokens", "12", "--iterations", "2", "--eval-every", "2", "--eval-batch-size", "8",
             "--policy-lr", "1e-4", "--rm-lr", "1e-3"]  # the scripts' LAPTOP presets may differ: same rates for both
+    gn_u0 = tmp_path / "gn_u0.py"  # sta_total.py with the Gauss-Newton solve fed b = 0, so that u = 0 and c = 0
+    gn_u0.write_text(f"import runpy, sys, torch\nsys.path.insert(0, {str(Path(sta_total.__file__).parent)!r})\nimport common\n"
+                     "solve = common.gauss_newton_solve\n"
+                     "common.gauss_newton_solve = lambda jacobian, curvature, b, damping: solve(jacobian, curvature, 0 * b, damping)\n"
+                     f"runpy.run_path({sta_total.__file__!r}, run_name='__main__')\n")
+    gn = ["--curvature", "gauss-newton"]
     cases = {"naive": ("sta_naive", []), "off": ("sta_total", ["--no-implicit"]), "u0": ("sta_total", ["--cg-iterations", "0"]),
              "total": ("sta_total", []), "all": ("sta_total", ["--pg-samples", "all", "--mixed-score", "all", "--iterations", "1"]),
-             "refused": ("sta_total", ["--mixed-score", "all"])}
+             "refused": ("sta_total", ["--mixed-score", "all"]), "gn_off": ("sta_total", [*gn, "--no-implicit"]),
+             "gn_u0": (gn_u0.with_suffix(""), gn), "gn": ("sta_total", gn),
+             "gn_refused": ("sta_total", [*gn, "--cg-damping", "0"])}
     procs = {name: start(script, base + flags, tmp_path / name) for name, (script, flags) in cases.items()}
     results = {name: finish(proc, tmp_path / name) for name, proc in procs.items()}
-    for name in ("naive", "off", "u0", "total", "all"):
+    for name in ("naive", "off", "u0", "total", "all", "gn_off", "gn_u0", "gn"):
         assert results[name][0] == 0, (name, results[name][1][-3000:])
     code, err, run_dir = results["refused"]
     assert code == 2 and run_dir is None and err.strip().splitlines()[-1].startswith("error: --mixed-score all")
+    code, err, run_dir = results["gn_refused"]
+    assert code == 2 and run_dir is None and err.strip().splitlines()[-1].startswith("error: --curvature gauss-newton needs")
     naive = results["naive"][2]
     naive_columns = set(read_metrics(naive)[0])
-    assert metrics_without_time(results["off"][2]) == metrics_without_time(naive)
-    assert metrics_without_time(results["u0"][2], naive_columns) == metrics_without_time(naive)
+    for name in ("off", "gn_off"):
+        assert metrics_without_time(results[name][2]) == metrics_without_time(naive), name
+    for name in ("u0", "gn_u0"):
+        assert metrics_without_time(results[name][2], naive_columns) == metrics_without_time(naive), name
     naive_weights = policy_weights(naive)
-    for name in ("off", "u0"):
+    for name in ("off", "u0", "gn_off", "gn_u0"):
         weights = policy_weights(results[name][2])
         assert all(torch.equal(weights[k], naive_weights[k]) for k in naive_weights), name
     total_rows = [r for r in read_metrics(results["total"][2]) if r.get("cg/iterations")]
@@ -288,6 +421,16 @@ def test_total_reduces_to_naive_bit_for_bit(model_dir, tmp_path):
     weights = policy_weights(results["total"][2])
     assert not all(torch.equal(weights[k], naive_weights[k]) for k in naive_weights)
     assert any(r.get("cg/iterations") for r in read_metrics(results["all"][2]))
+    # Gauss-Newton: its own run name, a direct solve (0 CG iterations) that never breaks down, and a policy of its own
+    gn_dir = results["gn"][2]
+    assert "__sta_total_gn__" in gn_dir.name and json.loads((gn_dir / "config.json").read_text())["algo"] == "sta_total_gn"
+    assert json.loads((results["total"][2] / "config.json").read_text())["algo"] == "sta_total"
+    gn_rows = [r for r in read_metrics(gn_dir) if r.get("cg/iterations")]
+    assert len(gn_rows) == 2 and all(r["cg/iterations"] == "0" and r["cg/breakdown"] == "0" for r in gn_rows)
+    assert all(float(r["cg/residual"]) < 1e-3 and float(r["cg/u_norm"]) > 0 and float(r["policy/implicit_grad_norm"]) > 0
+               for r in gn_rows)
+    weights = policy_weights(gn_dir)
+    assert not all(torch.equal(weights[k], naive_weights[k]) for k in naive_weights)
 
 
 def test_laptop_run_raises_the_evaluation_reward(tmp_path):

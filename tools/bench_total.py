@@ -20,6 +20,15 @@ error is the implicit part's error.
     python tools/bench_total.py --damping 0.1,1,10 --laptop --iterations 20 --eval-every 1000
     python tools/bench_total.py --tolerance 1e-1,1e-2,1e-3 --laptop --iterations 20 --eval-every 1000
     python tools/bench_total.py --profile --laptop --iterations 12 --eval-every 1000
+    python tools/bench_total.py --compare-curvature --laptop --task cwc --iterations 100 --eval-every 1000
+    python tools/bench_total.py --laptop --task cwc --iterations 12 --eval-every 1000 --curvature gauss-newton
+
+Curvature (issue 16): `--compare-curvature` runs sta_total.py once (its --curvature sets the trajectory) and, at every
+solve, solves the same batch's system three more ways: exact CG at the script's settings, exact CG tightly (50 steps,
+1e-6, or until it breaks down), and Gauss-Newton as --curvature gauss-newton does (pair space); then CG with
+matrix-free Gauss-Newton products to --cg-tol, the alternative to the pair-space solve. It prints the cosine and norm
+ratio of the implicit parts ∇_θ (1/|C|) Σ_i c_i score_i (eq. 19-26) of Gauss-Newton against exact, the breakdowns, and
+the CPU seconds of each solve. Timing and the other modes take --curvature gauss-newton like any sta_total.py flag.
 
 Profile: `--profile` runs each script once with every common.* call (rollout, RM scores, log-probs, CG, HVPs), every
 autograd pass (by the script line that asks for it) and every optimizer step timed, and prints ms per iteration.
@@ -51,6 +60,89 @@ if os.environ.get("BENCH_CG_REFERENCE"):  # --tolerance: compare each solve with
         errors.append({"u": relative(u, reference), "c": relative(info["m_x"], reference_info["m_x"]), "steps": info["iterations"]})
         return u, info
     common.conjugate_gradient = checked_solve
+compare, seen = [], {}
+if os.environ.get("BENCH_COMPARE_CURVATURE"):  # --compare-curvature: both curvatures' implicit parts at every solve
+    import torch.nn.functional as F
+    import sta_total
+    def recorded(name, fn):  # keeps the batch, the reward model and the policy's log-probs that the solve works on
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if name == "rollout":
+                seen["batch"] = out
+            elif name == "reward_model_scores":
+                seen["reward_model"] = args[0]
+            elif torch.is_grad_enabled():  # the policy's continuation_logprobs (the reference's run without grad)
+                seen["policy"], seen["token_logp"], seen["mask"], seen["width"] = args[0], out[0], args[2], args[3]
+            return out
+        return wrapper
+    for name in ("rollout", "reward_model_scores", "continuation_logprobs"):
+        setattr(common, name, recorded(name, getattr(common, name)))
+    def compare_curvatures(b, damping):
+        args = sys.modules["__main__"].args  # the script's, as runpy runs it
+        assert args.pg_samples == "pairs" and args.mixed_score == "pairs", "--compare-curvature: default scores only"
+        batch, reward_model, policy = seen["batch"], seen["reward_model"], seen["policy"]
+        pairs = torch.cat([batch.rows("chosen"), batch.rows("rejected")])
+        n = len(pairs) // 2
+        ids, mask, params = batch.input_ids[pairs], batch.attention_mask[pairs], list(reward_model.parameters())
+        seconds, solves = {}, {}
+        def timed_solve(name, solve):
+            start = time.process_time()
+            solves[name] = solve()
+            seconds[name] = time.process_time() - start
+        def exact(iterations, tol):  # as the script: CG on H + λI with c riding along (its forward shared with b: untimed)
+            scores = common.reward_model_scores(reward_model, ids, mask)
+            timed_solve(f"exact_{tol:g}", lambda: sta_total.implicit_term(-F.logsigmoid(scores[:n] - scores[n:]), params, b,
+                                                                           iterations, damping, tol))
+        exact(args.cg_iterations, args.cg_tol)
+        exact(50, 1e-6)  # tight, where CG allows (it stops at a breakdown)
+        timed_solve("gauss_newton", lambda: sta_total.implicit_term_gauss_newton(  # as the script: per-pair forwards included
+            ((lambda s: s[0] - s[1])(common.reward_model_scores(reward_model, ids[[i, n + i]], mask[[i, n + i]])) for i in range(n)),
+            n, params, b, damping))
+        # the alternative: CG on G + λI with matrix-free Gauss-Newton products (J p by the double-vjp trick, then Jᵀ(w ⊙ J p))
+        scores = common.reward_model_scores(reward_model, ids, mask)
+        def gauss_newton_cg():
+            margin = scores[:n] - scores[n:]
+            dual = torch.zeros(n, requires_grad=True)
+            transposed = common.flat(torch.autograd.grad(margin, params, grad_outputs=dual, create_graph=True))  # Jᵀ dual
+            weights = (torch.sigmoid(margin) * torch.sigmoid(-margin)).detach() / n
+            def product(p):
+                jp = torch.autograd.grad(transposed, dual, grad_outputs=p, retain_graph=True)[0]
+                return common.flat(torch.autograd.grad(margin, params, grad_outputs=weights * jp, retain_graph=True)), jp
+            u, info = common.conjugate_gradient(product, b, args.cg_iterations, damping, args.cg_tol)
+            return u, info
+        timed_solve("gauss_newton_cg", gauss_newton_cg)
+        del scores
+        seq_logp = (seen["token_logp"] * seen["mask"][:, seen["width"]:]).sum(1)
+        score = seq_logp[:n] + seq_logp[n:]
+        policy_params = list(policy.parameters())
+        part = lambda c: common.flat(torch.autograd.grad((c * score).mean(), policy_params, retain_graph=True))  # eq. 19-26
+        script, tight, gn = (solves[k] for k in (f"exact_{args.cg_tol:g}", "exact_1e-06", "gauss_newton"))
+        parts = {name: part(solve[1]) for name, solve in (("script", script), ("tight", tight), ("gn", gn))}
+        cos = lambda x, y: float(x @ y / (x.norm() * y.norm()).clamp_min(1e-30))
+        ratio = lambda x, y: float(x.norm() / y.norm().clamp_min(1e-30))
+        u_cg, cg_info = solves["gauss_newton_cg"]
+        return {"pairs": n, "script_breakdown": script[2]["breakdown"], "script_iterations": script[2]["iterations"],
+                "script_zero": not script[0].any(), "tight_zero": not tight[0].any(),
+                "tight_breakdown": tight[2]["breakdown"], "tight_iterations": tight[2]["iterations"],
+                "tight_residual": tight[2]["residual"], "gn_residual": gn[2]["residual"],
+                "cos_gn_tight": cos(parts["gn"], parts["tight"]), "ratio_gn_tight": ratio(parts["gn"], parts["tight"]),
+                "cos_gn_script": cos(parts["gn"], parts["script"]), "ratio_gn_script": ratio(parts["gn"], parts["script"]),
+                "cos_script_tight": cos(parts["script"], parts["tight"]), "cos_u_gn_tight": cos(gn[0], tight[0]),
+                "gn_cg_steps": cg_info["iterations"], "gn_cg_breakdown": cg_info["breakdown"],
+                "gn_cg_u_error": float((u_cg - gn[0]).norm() / gn[0].norm().clamp_min(1e-30)), "seconds": seconds}
+    def comparing(solve, b_at):  # b's position in the solver's arguments; λ is the fourth in both
+        def wrapper(*args, **kwargs):
+            out = solve(*args, **kwargs)
+            if not seen.get("busy"):
+                seen["busy"] = True
+                try:
+                    compare.append(compare_curvatures(args[b_at], args[3]))
+                finally:
+                    seen["busy"] = False
+            return out
+        return wrapper
+    common.conjugate_gradient = comparing(common.conjugate_gradient, 1)  # (matvec, b, iterations, damping, tol)
+    common.gauss_newton_solve = comparing(common.gauss_newton_solve, 2)  # (jacobian, curvature, b, damping)
 profile, in_eval = {}, []
 if os.environ.get("BENCH_PROFILE"):  # --profile: time every common call, autograd pass and optimizer step by call site
     import linecache
@@ -103,7 +195,7 @@ runpy.run_path(script, run_name="__main__")
 peak = {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if torch.cuda.is_available():
     peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-print("bench " + json.dumps({"marks": marks, "peak": peak, "errors": errors, "profile": profile}))
+print("bench " + json.dumps({"marks": marks, "peak": peak, "errors": errors, "profile": profile, "compare": compare}))
 """
 
 
@@ -126,10 +218,11 @@ def run(script, flags, out_dir, name, env=None):
 
 
 def naive_flags(flags):
-    """The flags without sta_total.py's own (--cg-*, --mixed-score, --[no-]implicit), which sta_naive.py does not take."""
+    """The flags without sta_total.py's own (--cg-*, --mixed-score, --[no-]implicit, --curvature), which sta_naive.py does
+    not take."""
     kept, i = [], 0
     while i < len(flags):
-        own = flags[i].startswith(("--cg-", "--mixed-score", "--implicit", "--no-implicit"))
+        own = flags[i].startswith(("--cg-", "--mixed-score", "--implicit", "--no-implicit", "--curvature"))
         takes_value = own and "=" not in flags[i] and flags[i] not in ("--implicit", "--no-implicit")
         kept += [] if own else [flags[i]]
         i += 2 if takes_value else 1
@@ -191,11 +284,46 @@ def tolerance(flags, tolerances, tmp):
               f"{statistics.median(c):12.2e} {max(c):9.2e}  {breakdowns:4d}/{len(errors)}", flush=True)
 
 
+def compare_curvature(flags, tmp):
+    rows, _, _, report = run("sta_total", flags, tmp, "compare_curvature", env={"BENCH_COMPARE_CURVATURE": "1"})
+    compared = report["compare"]
+    print(f"flags: {' '.join(flags)}")
+    print("iteration  pairs  exact CG: steps, breakdown | tight: steps, breakdown, residual | GN vs tight: cosine, norm ratio"
+          " | GN vs exact CG: cosine, norm ratio")
+    versus = lambda c, key, zero: "        exact u = 0" if c[zero] else f"{c[f'cos_{key}']:8.3f} {c[f'ratio_{key}']:10.3f}"
+    for i, c in enumerate(compared, 1):
+        print(f"{i:9d}  {c['pairs']:5d}  {c['script_iterations']:15d} {c['script_breakdown']!s:>10} | {c['tight_iterations']:12d}"
+              f" {c['tight_breakdown']!s:>10} {c['tight_residual']:9.1e} | {versus(c, 'gn_tight', 'tight_zero'):>30}"
+              f" | {versus(c, 'gn_script', 'script_zero'):>33}")
+    tight = [c for c in compared if not c["tight_breakdown"]]
+    partial = [c for c in compared if c["tight_breakdown"] and not c["tight_zero"]]
+    median = lambda key, cs: statistics.median(c[key] for c in cs) if cs else float("nan")
+    quartiles = lambda key, cs: statistics.quantiles([c[key] for c in cs], n=4) if len(cs) > 1 else [float("nan")] * 3
+    print(f"\n{len(compared)} solves; exact CG at the script's settings broke down on "
+          f"{sum(c['script_breakdown'] for c in compared)} (returning u = 0 on {sum(c['script_zero'] for c in compared)}), "
+          f"the tight one (50 steps, 1e-6) on {len(compared) - len(tight)} (u = 0 on {sum(c['tight_zero'] for c in compared)})")
+    for label, key, cs in (("GN vs tight exact, where the tight CG converged", "gn_tight", tight),
+                           ("GN vs tight exact, where it broke down with u ≠ 0", "gn_tight", partial),
+                           ("GN vs exact at the script's settings, where its u ≠ 0", "gn_script",
+                            [c for c in compared if not c["script_zero"]])):
+        cq, rq = quartiles(f"cos_{key}", cs), quartiles(f"ratio_{key}", cs)
+        print(f"{label} ({len(cs)}): cosine median {median(f'cos_{key}', cs):.3f} (quartiles {cq[0]:.3f}, {cq[2]:.3f}; min "
+              f"{min((c[f'cos_{key}'] for c in cs), default=float('nan')):.3f}), norm ratio median {median(f'ratio_{key}', cs):.3f} "
+              f"(quartiles {rq[0]:.3f}, {rq[2]:.3f})")
+    print(f"exact at the script's settings vs tight, where the tight CG converged: cosine median {median('cos_script_tight', tight):.3f}")
+    print(f"GN: residual max {max(c['gn_residual'] for c in compared):.1e}; CG with Gauss-Newton products to the same --cg-tol: "
+          f"{statistics.mean(c['gn_cg_steps'] for c in compared):.1f} steps (mean), {sum(c['gn_cg_breakdown'] for c in compared)} "
+          f"breakdowns, u's error against the pair-space solve median {median('gn_cg_u_error', compared):.1e}")
+    print("CPU seconds per solve, median (one thread; the reward-model forward shared with b is left out of CG's):")
+    for name in compared[0]["seconds"]:
+        print(f"  {name}: {statistics.median(c['seconds'][name] for c in compared):.3f}")
+
+
 if __name__ == "__main__":
     flags = sys.argv[1:]
     if "-h" in flags or "--help" in flags:
         sys.exit(print(__doc__))
-    options = {"--repeats": "2", "--damping": "", "--tolerance": "", "--profile": None}
+    options = {"--repeats": "2", "--damping": "", "--tolerance": "", "--profile": None, "--compare-curvature": None}
     for option, value in options.items():
         if option in flags:
             i = flags.index(option)
@@ -208,5 +336,7 @@ if __name__ == "__main__":
             profiled(flags, Path(tmp))
         elif options["--tolerance"]:
             tolerance(flags, options["--tolerance"].split(","), Path(tmp))
+        elif options["--compare-curvature"]:
+            compare_curvature(flags, Path(tmp))
         else:
             timing(flags, int(options["--repeats"]), Path(tmp))

@@ -352,8 +352,9 @@ def main(argv=None):
     missing = sorted({METHODS[m][0] for m in cli.algos if not (REPO / METHODS[m][0]).exists()})
     if missing:
         fail(f"{', '.join(missing)} not found in {REPO}")
-    runs = [(task, method, seed, f"{task}__{method}__{seed}") for task in cli.tasks for method in cli.algos
-            for seed in cli.seeds]
+    # task, then seed, then method: a grid cut short holds every method's runs of its first seeds (comparable)
+    runs = [(task, method, seed, f"{task}__{method}__{seed}") for task in cli.tasks for seed in cli.seeds
+            for method in cli.algos]
     runs = list(dict.fromkeys(runs))  # a method or seed given twice runs once
     if cli.index is not None:
         if not 0 <= cli.index < len(runs):
