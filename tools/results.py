@@ -11,7 +11,7 @@ Writes to --out:
   left out);
 - figure1_pareto.png: per task the KL-reward Pareto front of each method as the paper's §6 computes it: at each
   evaluation step the KL and reward averaged over the seeds, then the points that another weakly dominates dropped;
-- figure2_convergence.png: Naive and Total STA's reward-model loss (rm/loss) and the RM reward the policy receives
+- figure2_convergence.png: Naive and Total STA's (and Total-GN's) reward-model loss (rm/loss) and the RM reward the policy receives
   (rm/score_mean) per iteration, mean over seeds, with their cumulative averages (the paper's Figures 2 and 3);
 - results.md and results.csv: per task and method the final evaluation reward and KL (mean ± std over seeds, and n),
   the best reward on the Pareto front within the KL budget, seconds per iteration and per run, prompts seen, pairs
@@ -344,7 +344,8 @@ def plot(rows, curves, groups, out, x_axes="both"):
                 ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=COLOURS.get(method), alpha=0.2, linewidth=0)
             ax.set(title=TASK_NAMES.get(task, task), xlabel=label, ylabel="evaluation reward")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a panel can be empty while a grid is running
+                ax.legend(fontsize=7)
         extra = f"; left out, as they query no pairs: {', '.join(sorted(left_out))}" if left_out else ""
         save(fig, name, f"evaluation reward against {label}, mean ± std over seeds{extra}")
 
@@ -361,10 +362,11 @@ def plot(rows, curves, groups, out, x_axes="both"):
             ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
         ax.set(title=TASK_NAMES.get(task, task), xlabel="KL(π_θ ‖ π_ref), mean over seeds",
                ylabel="evaluation reward, mean over seeds")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel can be empty while a grid is running
+            ax.legend(fontsize=7)
     save(fig, "figure1_pareto.png", "KL-reward Pareto fronts (dotted: the KL budget of the table)")
 
-    sta = [m for m in ("sta_naive", "sta_total") if any(curves.get((t, m)) for t in tasks)]
+    sta = [m for m in ("sta_naive", "sta_total", "sta_total_gn") if any(curves.get((t, m)) for t in tasks)]
     if not sta:
         notes.append("- `figure2_convergence.png`: not drawn, no finished Naive or Total STA run")
         return notes
@@ -383,8 +385,9 @@ def plot(rows, curves, groups, out, x_axes="both"):
                 ax.plot(steps, mean, color=colour, alpha=0.3, linewidth=0.8)
                 ax.plot(steps, cumulative, color=colour, label=f"{NAMES[method]}, cumulative average (n={len(finished)})")
             ax.set(title=TASK_NAMES.get(task, task), xlabel="iteration", ylabel=label)
-            ax.legend(fontsize=7)
-    save(fig, "figure2_convergence.png", "Naive and Total STA: rm/loss and rm/score_mean per iteration (faint, mean "
+            if ax.get_legend_handles_labels()[0]:  # a panel can be empty while a grid is running
+                ax.legend(fontsize=7)
+    save(fig, "figure2_convergence.png", "Naive and Total STA (and Total-GN): rm/loss and rm/score_mean per iteration (faint, mean "
          "over seeds) and their cumulative averages (the paper's Figures 2 and 3)")
     return notes
 
