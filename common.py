@@ -803,6 +803,7 @@ class Run:
             import wandb
 
             self.config.setdefault("wandb_id", wandb.util.generate_id())  # kept, so a resume continues the same run
+            self._write_config()
             self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity or None, name=self.dir.name,
                                     id=self.config["wandb_id"], resume="allow", dir=str(self.dir), config=self.config)
             self.wandb.define_metric("iteration")
