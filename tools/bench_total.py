@@ -1,12 +1,11 @@
 """Cost of Total STA against Naive STA, and the CG damping λ (issue 6; the paper's Table 1 has Total at 2.6-4.6×
 Naive's wall time and gives no λ).
 
-Timing: runs sta_naive.py and sta_total.py with the same flags (sta_total.py's own, e.g. --cg-tol, go to it alone),
-`--repeats` times, alternating, each in its own child process (so each has its own peak memory), and prints seconds
-per outer iteration for both, their ratio and peak memory. An iteration is timed from the end of the previous one to
-its own end, in wall-clock and in CPU time (the latter is what to compare on a shared machine); the first iteration
-(warm-up) and those that evaluate are left out, so pass --iterations ≥ 3 and an --eval-every beyond it. Peak memory
-is the child's peak resident set (getrusage) and, on CUDA, torch.cuda.max_memory_allocated.
+Timing (no mode flag): tools/bench_cost.py's table for sta_naive.py and sta_total.py, `--repeats` rounds (default 2).
+The child process below is that tool's timer: each outer iteration is timed from the end of the previous one to its
+own end, wall-clock and CPU, less the time spent evaluating; the first iteration (warm-up) is left out. Peak memory is
+the child's peak resident set (getrusage) and, on CUDA, torch.cuda.max_memory_allocated. Flags a script does not take
+(sta_total.py's own, e.g. --cg-tol) are left out of the other's command.
 
 Damping: `--damping 0.01,0.1,1` runs sta_total.py once per λ instead and prints, per λ, the CG iterations, the
 relative residual ‖(H + λI)u − b‖/‖b‖, the breakdown rate (non-positive curvature) and the size of the implicit part.
@@ -183,8 +182,31 @@ if os.environ.get("BENCH_PROFILE"):  # --profile: time every common call, autogr
         finally:
             in_eval.pop()
     common.evaluate = untimed_evaluate
+evaluating, offline = [0.0, 0.0], []  # evaluation time so far (wall, CPU); the one-off offline data set's (wall, CPU)
+evaluate_ = common.evaluate
+def timed_evaluate(*args, **kwargs):  # left out of the iteration it falls in
+    start = time.perf_counter(), time.process_time()
+    try:
+        return evaluate_(*args, **kwargs)
+    finally:
+        evaluating[0] += time.perf_counter() - start[0]
+        evaluating[1] += time.process_time() - start[1]
+common.evaluate = timed_evaluate
+offline_data = common.offline_data
+def timed_offline_data(*args, **kwargs):  # generated afresh in a scratch cache, so a cached data set never hides its cost
+    import tempfile
+    from pathlib import Path
+    cache_dir, start = common.cache_dir, (time.perf_counter(), time.process_time())
+    with tempfile.TemporaryDirectory() as fresh:
+        common.cache_dir = lambda: Path(fresh)
+        try:
+            return offline_data(*args, **kwargs)
+        finally:
+            common.cache_dir = cache_dir
+            offline.append((time.perf_counter() - start[0], time.process_time() - start[1]))
+common.offline_data = timed_offline_data
 def timed_end_iteration(run, row, *args):
-    marks.append((time.perf_counter(), time.process_time(), "eval/reward" in row))
+    marks.append((time.perf_counter(), time.process_time(), *evaluating))
     if len(marks) == 1:  # the first iteration is warm-up
         profile.clear()
     return end_iteration(run, row, *args)
@@ -195,7 +217,8 @@ runpy.run_path(script, run_name="__main__")
 peak = {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if torch.cuda.is_available():
     peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-print("bench " + json.dumps({"marks": marks, "peak": peak, "errors": errors, "profile": profile, "compare": compare}))
+print("bench " + json.dumps({"marks": marks, "peak": peak, "offline": offline, "errors": errors, "profile": profile,
+                            "compare": compare}))
 """
 
 
@@ -207,44 +230,20 @@ def run(script, flags, out_dir, name, env=None):
     if proc.returncode != 0:
         sys.exit(f"{script} failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("bench "))
-    marks = report["marks"]
-    seconds = [(marks[i][0] - marks[i - 1][0], marks[i][1] - marks[i - 1][1]) for i in range(1, len(marks)) if not marks[i][2]]
+    seconds = iteration_seconds(report["marks"])
     if not seconds:
-        sys.exit("no timed iteration: pass --iterations 3 or more and an --eval-every beyond it")
+        sys.exit("no timed iteration: pass --iterations 2 or more")
     with open(out_dir / name / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     report["seconds"] = seconds
     return rows, seconds, report["peak"], report
 
 
-def naive_flags(flags):
-    """The flags without sta_total.py's own (--cg-*, --mixed-score, --[no-]implicit, --curvature), which sta_naive.py does
-    not take."""
-    kept, i = [], 0
-    while i < len(flags):
-        own = flags[i].startswith(("--cg-", "--mixed-score", "--implicit", "--no-implicit", "--curvature"))
-        takes_value = own and "=" not in flags[i] and flags[i] not in ("--implicit", "--no-implicit")
-        kept += [] if own else [flags[i]]
-        i += 2 if takes_value else 1
-    return kept
-
-
-def timing(flags, repeats, tmp):
-    results = {"sta_naive": ([], []), "sta_total": ([], [])}
-    for r in range(repeats):
-        for script, (seconds, peaks) in results.items():
-            _, s, peak, _ = run(script, naive_flags(flags) if script == "sta_naive" else flags, tmp, f"{script}_{r}")
-            seconds += s
-            peaks.append(peak)
-            print(f"{script} run {r}: {statistics.mean(w for w, _ in s):.3f} s/iteration wall, "
-                  f"{statistics.mean(c for _, c in s):.3f} CPU, over {len(s)} iterations; peak {peak}", flush=True)
-    wall = {script: statistics.mean(w for w, _ in s) for script, (s, _) in results.items()}
-    cpu = {script: statistics.mean(c for _, c in s) for script, (s, _) in results.items()}
-    print(f"\nflags: {' '.join(flags)}")
-    for script, (s, peaks) in results.items():
-        print(f"{script}: {wall[script]:.3f} s/iteration wall, {cpu[script]:.3f} s CPU ({len(s)} iterations), peak "
-              + ", ".join(f"{key} {max(p[key] for p in peaks):.0f} MiB" for key in peaks[0]))
-    print(f"ratio Total / Naive: {wall['sta_total'] / wall['sta_naive']:.2f} wall, {cpu['sta_total'] / cpu['sta_naive']:.2f} CPU")
+def iteration_seconds(marks):
+    """(wall, CPU) seconds of each iteration after the first (warm-up), from the marks (wall, CPU, evaluation wall, evaluation
+    CPU, each cumulative) taken at the end of every iteration; the time spent evaluating is left out."""
+    return [tuple((marks[i][k] - marks[i - 1][k]) - (marks[i][k + 2] - marks[i - 1][k + 2]) for k in (0, 1))
+            for i in range(1, len(marks))]
 
 
 def damping(flags, lambdas, tmp):
@@ -261,10 +260,11 @@ def damping(flags, lambdas, tmp):
 
 
 def profiled(flags, tmp):
+    from bench_cost import flags_for, script_options
     print(f"flags: {' '.join(flags)}")
     print("ms per outer iteration (inclusive: common.conjugate_gradient contains the HVPs, a script line its calls)")
     for script in ("sta_naive", "sta_total"):
-        rows, seconds, _, report = run(script, naive_flags(flags) if script == "sta_naive" else flags, tmp, f"profile_{script}",
+        rows, seconds, _, report = run(script, flags_for(flags, script_options(f"{script}.py"))[0], tmp, f"profile_{script}",
                                        env={"BENCH_PROFILE": "1"})
         iterations = len(report["marks"]) - 1
         print(f"\n{script}: {statistics.mean(w for w, _ in seconds) * 1000:.0f} ms per iteration (wall, timing wrappers on)")
@@ -338,5 +338,6 @@ if __name__ == "__main__":
             tolerance(flags, options["--tolerance"].split(","), Path(tmp))
         elif options["--compare-curvature"]:
             compare_curvature(flags, Path(tmp))
-        else:
-            timing(flags, int(options["--repeats"]), Path(tmp))
+        else:  # the cost table of tools/bench_cost.py, for these two
+            from bench_cost import main
+            main(["--methods", "sta_naive", "sta_total", "--repeats", options["--repeats"], "--", *flags])

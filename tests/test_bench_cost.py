@@ -1,0 +1,87 @@
+"""tools/bench_cost.py (issue 15): which flags go to which script, the timer's marks turned into iteration times with the
+evaluation left out, the ratio arithmetic at equal prompts (PARL's outer iteration takes 5B prompts) beside the paper's
+Table 1, the order comparison, and one real invocation on the laptop model that writes the table."""
+
+import csv
+import sys
+
+import pytest
+
+from conftest import REPO, TINY
+
+sys.path.insert(0, str(REPO / "tools"))
+import bench_cost  # noqa: E402
+from bench_total import iteration_seconds  # noqa: E402
+from results import PAPER_SECONDS  # noqa: E402
+
+
+def test_flags_go_only_to_the_scripts_that_take_them():
+    flags = ["--laptop", "--task", "cwc", "--cg-damping", "10", "--online", "--iterations=3", "--policy-lr", "-1e-4"]
+    options = {"--laptop", "--task", "--iterations", "--policy-lr"}
+    kept, dropped = bench_cost.flags_for(flags, options)
+    assert kept == ["--laptop", "--task", "cwc", "--iterations=3", "--policy-lr", "-1e-4"]
+    assert dropped == ["--cg-damping", "10", "--online"]
+    assert {"--cg-damping", "--curvature", "--no-implicit"} <= bench_cost.script_options("sta_total.py")
+    assert "--cg-damping" not in bench_cost.script_options("sta_naive.py")
+    assert "--online" in bench_cost.script_options("dpo.py")
+
+
+def test_iteration_times_leave_out_the_first_iteration_and_the_evaluations():
+    # (wall, CPU, evaluation wall so far, evaluation CPU so far) at the end of each iteration
+    marks = [(10.0, 5.0, 3.0, 2.0), (12.0, 6.0, 3.0, 2.0), (17.0, 9.0, 6.5, 4.5), (19.5, 10.0, 6.5, 4.5)]
+    assert iteration_seconds(marks) == [(2.0, 1.0), (1.5, 0.5), (2.5, 1.0)]
+
+
+def synthetic(seconds, prompts, batch=16, rss=1000.0, offline=()):
+    return {"seconds": seconds, "peak": {"rss_mib": rss}, "offline": list(offline), "prompts_per_iteration": prompts,
+            "batch_size": batch, "task": "cwc"}
+
+
+def test_ratios_are_at_equal_prompts_beside_the_papers_table():
+    measured = {
+        "sta_naive": [synthetic([(2.0, 1.0), (4.0, 3.0)], 16), synthetic([(3.0, 2.0)], 16, rss=1200.0)],
+        "parl": [synthetic([(10.0, 5.0), (12.0, 7.0)], 80)],  # 5B prompts an outer iteration
+        "dpo": [synthetic([(0.5, 0.25)], 16, offline=[(30.0, 29.0)])],
+        "dro_v": [synthetic([(0.6, 0.3)], 16, offline=[(33.0, 31.0)])],
+        "sta_total": [synthetic([(6.0, 4.0)], 16)],
+    }
+    rows = {r["method"]: r for r in bench_cost.summarise(measured, "cwc")}
+    naive, parl, dpo, total = rows["sta_naive"], rows["parl"], rows["dpo"], rows["sta_total"]
+    assert naive["timed_iterations"] == 3 and naive["s_per_iteration"] == pytest.approx(3.0)
+    assert naive["s_per_iteration_std"] == pytest.approx(1.0) and naive["cpu_s_per_iteration"] == pytest.approx(2.0)
+    assert naive["peak_rss_mib"] == 1200.0 and naive["ratio_to_naive"] == pytest.approx(1.0)
+    assert parl["s_per_iteration"] == pytest.approx(11.0) and parl["s_per_batch"] == pytest.approx(11.0 / 5)
+    assert parl["ratio_to_naive"] == pytest.approx(2.2 / 3.0) and parl["cpu_ratio_to_naive"] == pytest.approx(1.2 / 2.0)
+    assert dpo["offline_data_s"] == 30.0 and dpo["offline_data_iterations"] == pytest.approx(60.0)
+    assert total["ratio_to_naive"] == pytest.approx(2.0)
+    paper = PAPER_SECONDS["cwc"]
+    assert total["paper_ratio"] == pytest.approx(paper["sta_total"] / paper["sta_naive"])
+    totals = [s["sta_total"] / s["sta_naive"] for s in PAPER_SECONDS.values()]
+    assert (total["paper_ratio_min"], total["paper_ratio_max"]) == pytest.approx((min(totals), max(totals)))
+    assert rows["dro_v"]["paper_ratio"] is None and rows["dro_v"]["paper_ratio_max"] is None  # not in the paper
+    # the paper on cwc: dpo 0.27 < parl 0.56 < naive 1 < total 4.6; measured: dpo 0.17 < parl 0.73 < naive < total
+    assert bench_cost.discordant_pairs(list(rows.values())) == []
+    measured["parl"] = [synthetic([(20.0, 10.0)], 80)]  # now 1.33× Naive: above it, unlike the paper
+    rows = bench_cost.summarise(measured, "cwc")
+    assert bench_cost.discordant_pairs(rows) == [("sta_naive", "parl")]
+    table = bench_cost.markdown(rows, "cwc", "python tools/bench_cost.py", {"sta_naive.py": ["--cg-damping", "10"]}, "here")
+    assert "Pairs ordered differently: 1 of 6: sta_naive/parl" in table
+    assert "sta_naive.py: left out --cg-damping 10" in table
+    assert "| dro_v | 0.600 ± 0.000 (n 1) |" in table and "| 33.0 (55.0) |" in table
+
+
+def test_a_real_invocation_writes_the_table(tmp_path, prompts_file):
+    out = tmp_path / "cost"
+    flags = [*TINY, "--prompts", str(prompts_file), "--iterations", "2", "--task", "cwc", "--cg-damping", "10"]
+    bench_cost.main(["--methods", "sta_naive", "dpo", "--out", str(out), "--", *flags])
+    with open(out / "cost.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"sta_naive", "dpo"}
+    for row in rows.values():
+        assert int(row["timed_iterations"]) == 1 and float(row["s_per_iteration"]) > 0 and float(row["peak_rss_mib"]) > 100
+        assert float(row["prompts_per_iteration"]) == 2  # --batch-size 2
+    assert float(rows["sta_naive"]["ratio_to_naive"]) == 1.0
+    assert float(rows["dpo"]["offline_data_s"]) > 0 and rows["sta_naive"]["offline_data_s"] == ""
+    assert "--cg-damping" not in rows["dpo"]["script_flags"]
+    table = (out / "cost.md").read_text()
+    assert "| sta_naive |" in table and "| dpo |" in table and "Measured on " in table
