@@ -1,0 +1,135 @@
+"""tools/claims.py (issue 18): the paired comparison and its t test, and each claim's verdict on synthetic runs built
+to make it hold, fail or sit within noise; then the command on a folder of runs."""
+
+import random
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tools"))
+import claims  # noqa: E402
+import results  # noqa: E402
+from test_results import write_run  # noqa: E402
+
+SEEDS = [467, 532, 6518, 7107, 8688]
+
+
+def run(seed, rewards, kls=None, status="finished", rm=None, every=10):
+    """A run as results.read_run gives it: evaluations every `every` iterations from 0."""
+    kls = kls or [float(i) for i in range(len(rewards))]
+    evals = [{"iteration": i * every, "reward": r, "kl": k, "prompts": 16.0 * i * every, "pairs": 16.0 * i * every}
+             for i, (r, k) in enumerate(zip(rewards, kls))]
+    return {"seed": seed, "status": status, "evals": evals, "rm": rm or {"rm/loss": {}, "rm/score_mean": {}},
+            "iteration": evals[-1]["iteration"], "s_per_iteration": 1.0, "s_per_run": 100.0, "prompts": evals[-1]["prompts"],
+            "pairs": evals[-1]["pairs"], "kept": evals[-1]["pairs"]}
+
+
+def group(*runs):
+    return {"runs": list(runs), "excluded": []}
+
+
+def test_paired_differences_and_their_t_statistic():
+    p = claims.paired({1: 3.0, 2: 5.0, 3: 4.0, 4: 9.0}, {1: 1.0, 2: 2.0, 3: 2.0})  # seed 4 has no partner
+    assert p["seeds"] == [1, 2, 3] and p["diffs"] == [2.0, 3.0, 2.0] and p["wins"] == 3
+    assert p["mean"] == pytest.approx(7 / 3) and p["std"] == pytest.approx(0.57735, rel=1e-4)
+    assert p["t"] == pytest.approx((7 / 3) / (0.57735 / 3**0.5), rel=1e-4) and p["significant"] and p["sign"] == 1
+    noisy = claims.paired({s: d for s, d in zip(SEEDS, [1.0, -1.0, 2.0, -0.5, 0.2])}, {s: 0.0 for s in SEEDS})
+    assert not noisy["significant"] and noisy["sign"] == 0 and noisy["wins"] == 3
+    assert claims.t95(4) == 2.776 and claims.t95(11) == 2.228  # df 11 uses the next listed below (conservative)
+    assert claims.fmt_paired(p).startswith("+2.33 ± 0.58 (3/3, t +7.0*")
+
+
+def final_reward_groups(sta_shift, noise):
+    rng = random.Random(0)
+    groups = {}
+    for method in ["sta_naive", "sta_total", "ppo", "dpo"]:
+        shift = sta_shift if method.startswith("sta") else 0.0
+        groups[("cwc", method)] = group(*(run(s, [0.0, 1.0 + shift + rng.gauss(0, noise)]) for s in SEEDS))
+    return groups
+
+
+@pytest.mark.parametrize("shift, noise, verdict", [(3.0, 0.1, "holds"), (-3.0, 0.1, "does not hold"), (0.2, 1.0, "within noise")])
+def test_final_reward_claim(shift, noise, verdict):
+    groups = final_reward_groups(shift, noise)
+    lines, verdicts = claims.claim_final_reward(groups, ["cwc"], ["sta_naive", "sta_total", "ppo", "dpo"])
+    assert verdicts == {"cwc": verdict}
+    assert sum(line.startswith("| PPO |") or line.startswith("| DPO |") for line in lines) == 2
+
+
+def test_total_against_naive_and_a_missing_method():
+    groups = final_reward_groups(0.0, 0.1)
+    groups[("cwc", "sta_total")] = group(*(run(s, [0.0, 5.0 + 0.1 * i]) for i, s in enumerate(SEEDS)))
+    assert claims.claim_total_vs_naive(groups, ["cwc"])[1] == {"cwc": "does not hold"}  # Total clearly beats Naive
+    assert claims.claim_total_vs_naive(final_reward_groups(0.0, 1.0), ["cwc"])[1] == {"cwc": "holds"}
+    del groups[("cwc", "sta_total")]
+    assert claims.claim_total_vs_naive(groups, ["cwc"])[1] == {"cwc": "incomplete"}
+    assert claims.claim_final_reward(groups, ["cwc"], ["sta_naive", "ppo", "dpo"])[1] == {"cwc": "incomplete"}
+
+
+def test_convergence_is_the_absence_of_drift_between_the_last_two_quarters():
+    rng = random.Random(1)
+    flat = lambda: {i: 0.3 + rng.gauss(0, 0.05) for i in range(1, 101)}
+    falling = lambda: {i: 1.0 - 0.008 * i + rng.gauss(0, 0.01) for i in range(1, 101)}
+    for loss, verdict in [(flat, "holds"), (falling, "does not hold")]:
+        runs = [run(s, [0.0] + [5.0 + rng.gauss(0, 0.05) for _ in range(10)], rm={"rm/loss": loss(), "rm/score_mean": flat()})
+                for s in SEEDS]
+        lines, verdicts = claims.claim_convergence({("cwc", "sta_naive"): group(*runs)}, ["cwc"])
+        assert verdicts == {"cwc": verdict}
+    assert claims.quarters({i: float(i) for i in range(1, 9)}) == pytest.approx((5.5, 7.5, 0.5**0.5))  # (4, 6] and (6, 8]
+    assert claims.quarters({i: 1.0 for i in range(1, 8)}) is None  # too short
+
+
+def test_reversed_competitive_then_unstable():
+    groups = {("cwc", "sta_naive"): group(*(run(s, [0.0, 1.0, 2.0, 3.0]) for s in SEEDS)),
+              ("cwc", "ppo"): group(*(run(s, [0.0, 0.5, 1.0, 1.5]) for s in SEEDS)),
+              ("cwc", "reversed"): group(*(run(s, [0.0, 2.0, 2.5, 0.5]) for s in SEEDS[:4]),
+                                         run(SEEDS[4], [0.0, 2.0], status="diverged"))}
+    lines, verdicts = claims.claim_reversed(groups, ["cwc"], ["sta_naive", "reversed", "ppo"])
+    assert verdicts == {"cwc": "holds"} and "| cwc | 1 of 3 at iteration 10" in lines[2] and "| 8688 |" in lines[2]
+    groups[("cwc", "reversed")] = group(*(run(s, [0.0, 0.1, 0.2, 0.3]) for s in SEEDS))  # last at first, no drop
+    assert claims.claim_reversed(groups, ["cwc"], ["sta_naive", "reversed", "ppo"])[1] == {"cwc": "does not hold"}
+
+
+def test_pareto_claim_and_the_dominated_share():
+    assert claims.dominated_share([(1, 1), (2, 3), (5, 4)], [(1, 2), (4, 4)]) == pytest.approx(2 / 3)
+    assert claims.dominated_share([(1, 1)], [(1, 1)]) == 0.0  # the same point does not dominate
+    methods = ["sta_naive", "sta_total", "ppo"]
+    far = lambda s: run(s, [0.0, 2.0, 4.0, 5.0], kls=[0.0, 20.0, 40.0, 60.0])  # STA: more KL for each reward
+    near = lambda s: run(s, [0.0, 2.0, 4.0, 4.5], kls=[0.0, 5.0, 10.0, 15.0])
+    groups = {(t, m): group(*((far if m.startswith("sta") else near)(s) for s in SEEDS)) for t in ("cwc", "un") for m in methods}
+    rows, curves = results.summarise(groups, None)
+    lines, verdicts = claims.claim_pareto(groups, ["cwc", "un"], methods, curves, rows)
+    assert verdicts["cwc"] == "holds"  # 2 of 4 STA front points dominated (not the shared start, nor the top), KL above PPO's
+    assert verdicts["un"] == "does not hold"  # on un the claim is a front like the others': here it is dominated
+    assert "| cwc | Naive STA | 60.0 ± 0.0 | 5.00 | 4 | 0.50 |" in lines
+
+
+def test_cost_claim_from_the_grid_and_the_quiet_benchmark():
+    rows = [{"task": "cwc", "method": m, "time_ratio_to_naive": v}
+            for m, v in [("sta_naive", 1.0), ("sta_total", 1.35), ("reversed", 1.2), ("dpo", 0.45), ("ppo", 0.9)]]
+    cost = [{"method": m, "ratio_to_naive": str(v)} for m, v in [("sta_naive", 1.0), ("sta_total", 3.0), ("reversed", 0.9),
+                                                                  ("dpo", 0.2), ("dro_v", 0.1)]]
+    lines, verdicts = claims.claim_cost(rows, cost)
+    assert verdicts["offline DPO is the cheapest"] == "holds"  # DRO-V is cheaper, but not one of the paper's methods
+    assert verdicts["Total STA at 2.6-4.6× Naive"] == "within noise"  # 1.35 in the grid, 3.0 in the benchmark
+    assert verdicts["Reversed above Naive"] == "within noise"
+    assert "| the paper's Table 1 (range over tasks) | 0.21–0.45 | 2.63–4.60 | 1.08–1.60 | DPO |" in lines
+
+
+def test_the_command_writes_claims_md(tmp_path):
+    root = tmp_path / "runs"
+    for method in ["sta_naive", "sta_total", "ppo"]:
+        for i, seed in enumerate(SEEDS):
+            rows = [{"iteration": it, "wall_time": 1.0 * it, "prompts_seen": 16 * it, "pairs_queried": 16 * it,
+                     "eval/reward": (3.0 if method.startswith("sta") else 1.0) * it / 4 + 0.01 * i, "eval/kl": float(it),
+                     "rm/loss": 0.3, "rm/score_mean": 0.1} for it in range(5)]
+            write_run(root, f"cwc__{method}__{seed}", method, "cwc", seed, rows)
+    assert claims.main([str(root), "--out", str(tmp_path / "out")]) is None
+    text = (tmp_path / "out" / "claims.md").read_text()
+    assert "| 1. Both STA variants reach a higher final reward than every other method, per task | cwc: holds |" in text
+    assert "| 4. Total STA does not clearly beat Naive STA | cwc: holds |" in text
+    with pytest.raises(SystemExit) as e:
+        claims.main([str(tmp_path / "nothing")])
+    assert e.value.code == 2
