@@ -1,7 +1,8 @@
 """The front page and the per-algorithm pages (issue 18): every relative link in README.md and docs/*.md resolves, and
 every command they show that runs an algorithm script parses its flags, `--help`-level: the script is imported (its
 `if __name__ == "__main__"` block does not run) and its `Args` parsed by tyro. A `tools/grid.py ... -- --laptop`
-command is planned with `--dry-run` into a scratch folder, and each of its runs' flags parsed the same way. Nothing is
+command is planned with `--dry-run` into a scratch folder, and each of its runs' flags parsed the same way; so is every
+method's command of a `tools/bench_cost.py` command. Nothing is
 trained, loaded or written outside tmp_path."""
 
 import contextlib
@@ -18,6 +19,7 @@ import tyro
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
+import bench_cost  # noqa: E402
 import grid  # noqa: E402
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -119,13 +121,15 @@ def parse_flags(script, flags, where, line):
     pytest.fail(f"{where}: `{line}` does not parse (exit {code}):\n{stderr.getvalue()[-2000:]}")
 
 
-SCRIPT_COMMANDS, GRID_COMMANDS = [], []
+SCRIPT_COMMANDS, GRID_COMMANDS, BENCH_COMMANDS = [], [], []
 for page in PAGES:
     for where, line, words in shown_commands(page):
         if len(words) > 1 and script_of(words[1]) and "--help" not in words:
             SCRIPT_COMMANDS.append(pytest.param(where, line, words, id=where))
         elif len(words) > 1 and Path(words[1]).name == "grid.py" and "--" in words and "--laptop" in words:
             GRID_COMMANDS.append(pytest.param(where, line, words, id=where))
+        elif len(words) > 1 and Path(words[1]).name == "bench_cost.py":
+            BENCH_COMMANDS.append(pytest.param(where, line, words, id=where))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)
@@ -180,3 +184,18 @@ def test_grid_command_parses(where, line, words, tmp_path):
         script = script_of(run[1])
         assert script, f"{where}: the grid planned a run of an unknown script: {run}"
         parse_flags(script, run[2:], where, f"{line}` → `{shlex.join(run)}")
+
+
+@pytest.mark.parametrize("where, line, words", BENCH_COMMANDS)
+def test_bench_cost_command_parses(where, line, words):
+    """tools/bench_cost.py's own options through its argparse, then each method's command (the flags its script takes,
+    as the benchmark gives them) through its script's Args."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            cli, flags = bench_cost.parse(words[2:])
+    except SystemExit as exit:
+        pytest.fail(f"{where}: `{line}` does not parse (exit {exit.code}):\n{stderr.getvalue()[-2000:]}")
+    commands, _ = bench_cost.commands_for(cli.methods, flags)
+    for method, flags in commands.items():
+        parse_flags(script_of(grid.METHODS[method][0]), flags, where, f"{line}` → {method}")

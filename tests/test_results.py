@@ -135,6 +135,9 @@ def test_every_number_on_synthetic_runs(synthetic, tmp_path):
     assert "diverged: seed 4 after iteration 2; unfinished: seed 5 running at iteration 1 |" in md
     assert "| wc | DPO | 15.0 | 0.45 | 1144 | 0.45 |" in md and "Appendix B Table 1" in md
     assert "wc__sta_naive__6" in md and ".old-1" not in md
+    # the front page's table: reward ± std (KL; n where fewer than the most), the best per task in bold
+    assert "| Naive STA | 2.00 ± 1.00 (4.0) | – |" in md and "| Iterated DPO | **2.50** (3.0; n 1) | – |" in md
+    assert "| DPO | 1.00 ± 0.00 (1.0; n 2) | – |" in md
 
     budget = subprocess.run([*RESULTS, str(synthetic), "--out", str(tmp_path / "b"), "--kl-budget", "0.5"],
                             capture_output=True, text=True, timeout=300)

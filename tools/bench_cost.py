@@ -25,6 +25,7 @@ DRO-V and Total-GN are not in the paper). The last lines compare the two orderin
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ COLUMNS = ["method", "script_flags", "timed_iterations", "s_per_iteration", "s_p
            "paper_ratio_max", "peak_rss_mib", "peak_cuda_mib", "offline_data_s", "offline_data_iterations"]
 
 
+@functools.cache
 def script_options(script):
     """The --flags a script's --help lists (tyro lists every field, booleans with their --no- form)."""
     proc = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
@@ -156,8 +158,8 @@ def markdown(rows, task, command, dropped, where):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def parse(argv):
+    """(the benchmark's options, the script flags after --); bad options exit 2 with argparse's message."""
     own, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], usage="%(prog)s [options] -- [script flags]")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
@@ -169,12 +171,24 @@ def main(argv=None):
         parser.error("--repeats must be at least 1")
     if any(f in flags for f in ("--output-dir", "--run-name", "--resume")):
         parser.error("--output-dir, --run-name and --resume are the benchmark's own: leave them out")
-    options = {script: script_options(script) for script in sorted({METHODS[m][0] for m in cli.methods})}
+    return cli, flags
+
+
+def commands_for(methods, flags):
+    """{method: its script's flags}, {script: the flags it does not take (left out)}."""
+    options = {script: script_options(script) for script in sorted({METHODS[m][0] for m in methods})}
     commands, dropped = {}, {}
-    for method in cli.methods:
+    for method in methods:
         script, extra = METHODS[method]
         kept, dropped[script] = flags_for(flags, options[script])
         commands[method] = [*kept, *extra]
+    return commands, dropped
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    cli, flags = parse(argv)
+    commands, dropped = commands_for(cli.methods, flags)
     for script, words in dropped.items():
         if words:
             print(f"{script}: left out {' '.join(words)} (not among its flags)", flush=True)

@@ -240,6 +240,30 @@ def fmt(value, std=None, digits=2):
     return f"{text} ± {std:.{digits}f}" if std is not None else text
 
 
+def headline(rows):
+    """The front page's table: final reward ± std (final KL) per method and task, the best mean per task in bold."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    best = {t: max((r["final_reward_mean"] for r in rows if r["task"] == t and r["final_reward_mean"] is not None),
+                   default=None) for t in tasks}
+    lines = ["## Final reward by task", "",
+             "Final evaluation reward, mean ± std over seeds (final KL to π_ref; n finished runs where fewer than the "
+             "most); the best mean per task in bold.", "",
+             "| method | " + " | ".join(TASK_NAMES.get(t, t) for t in tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    most = max((r["n"] for r in rows), default=0)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for task in tasks:
+            r = next((r for r in rows if r["task"] == task and r["method"] == method), None)
+            if r is None or r["final_reward_mean"] is None:
+                cells.append("–")
+                continue
+            reward = fmt(r["final_reward_mean"], r["final_reward_std"])
+            reward = f"**{reward}**" if r["final_reward_mean"] == best[task] else reward
+            cells.append(f"{reward} ({fmt(r['final_kl_mean'], digits=1)}" + (f"; n {r['n']})" if r["n"] < most else ")"))
+        lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(rows, root, groups, figures, kl_budget):
     runs = [r for g in groups.values() for r in g["runs"]]
     count = {s: sum(r["status"] == s for r in runs) for s in ("finished", "diverged")}
@@ -257,6 +281,7 @@ def markdown(rows, root, groups, figures, kl_budget):
                 for key in ("laptop", "model", "prompts", "iterations", "batch_size", "max_new_tokens")]
     lines += ["Settings of the averaged runs: " + "; ".join(f"{key} = {' or '.join(values)}" for key, values in settings
                                                            if values) + ".", ""]
+    lines += headline(rows)
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
         budget = task_rows[0]["kl_budget"]

@@ -8,3 +8,4 @@ ALGOS="sta_naive sta_total sta_total_gn simultaneous reversed parl ppo dpo itera
 python tools/grid.py --algos sta_naive sta_total sta_total_gn --tasks cwc --workers 2 --output-dir results/laptop/runs -- --laptop
 python tools/grid.py --algos $ALGOS --tasks cwc wc un --workers 2 --output-dir results/laptop/runs -- --laptop
 python tools/results.py results/laptop/runs --out results/laptop
+python tools/claims.py results/laptop/runs --cost results/cost/laptop/cost.csv --out results/laptop
