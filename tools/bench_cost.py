@@ -136,8 +136,8 @@ def machine(environment):
 def markdown(rows, task, command, dropped, where):
     cuda = any(r["peak_cuda_mib"] is not None for r in rows)
     lines = [f"`{command}`", "", f"Measured on {where}.", ""]
-    lines += [f"- {script}: left out {' '.join(words)} (not among its flags)" for script, words in dropped.items() if words]
-    lines += ["", f"| method | s / iteration (wall) | CPU s / iteration | prompts / iteration | s / B prompts | × Naive (wall, CPU) "
+    left_out = [f"- {script}: left out {' '.join(words)} (not among its flags)" for script, words in dropped.items() if words]
+    lines += [*left_out, *([""] if left_out else []), f"| method | s / iteration (wall) | CPU s / iteration | prompts / iteration | s / B prompts | × Naive (wall, CPU) "
               f"| paper × Naive ({task}; range) | peak RSS MiB |" + (" peak CUDA MiB |" if cuda else "") + " offline data s (iterations) |",
               "|---" * (9 + cuda) + "|"]
     for r in rows:
