@@ -173,3 +173,15 @@ def test_tables_without_matplotlib(synthetic, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Not drawn: matplotlib is not installed" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.csv").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_active_time_is_the_union_of_the_runs_running_intervals():
+    at = lambda hh_mm: f"2026-11-30T{hh_mm}:00+0000"
+    ev = lambda event, hh_mm: {"event": event, "time": at(hh_mm)}
+    runs = [{"history": [ev("start", "08:00"), ev("finished", "09:00")]},
+            {"history": [ev("start", "08:30"), ev("interrupted", "09:30"), ev("resume", "12:00"), ev("finished", "12:30")]},
+            {"history": [ev("start", "13:00")]}]  # still going (or crashed): no stop, left out
+    total, first, last, added = results.active_time(runs)
+    assert total == 2.0 * 3600  # 08:00-09:30 and 12:00-12:30; the pause 09:30-12:00 does not count
+    assert (last - first) == 4.5 * 3600 and added == 3.0 * 3600
+    assert results.active_time([{"history": []}]) is None

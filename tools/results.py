@@ -240,6 +240,31 @@ def fmt(value, std=None, digits=2):
     return f"{text} ± {std:.{digits}f}" if std is not None else text
 
 
+def active_time(runs):
+    """(seconds during which at least one run was running, first start, last stop, the runs' own seconds added up), from
+    the start/resume and stop events of the runs' config.json histories: a grid's wall time without its pauses. A part
+    with no stop event (a crash, or a run still going) is left out."""
+    from datetime import datetime
+
+    parts = []
+    for run in runs:
+        began = None
+        for event in run["history"]:
+            when = datetime.strptime(event["time"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            if event["event"] in ("start", "resume"):
+                began = when
+            elif began is not None:  # interrupted, diverged or finished
+                parts.append((began, when))
+                began = None
+    if not parts:
+        return None
+    total, end = 0.0, -math.inf
+    for a, b in sorted(parts):  # the union of the intervals
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return total, min(a for a, _ in parts), max(b for _, b in parts), sum(b - a for a, b in parts)
+
+
 def headline(rows):
     """The front page's table: final reward ± std (final KL) per method and task, the best mean per task in bold."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
@@ -281,6 +306,14 @@ def markdown(rows, root, groups, figures, kl_budget):
                 for key in ("laptop", "model", "prompts", "iterations", "batch_size", "max_new_tokens")]
     lines += ["Settings of the averaged runs: " + "; ".join(f"{key} = {' or '.join(values)}" for key, values in settings
                                                            if values) + ".", ""]
+    active = active_time(runs)
+    if active:
+        from datetime import datetime, timezone
+
+        day = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        lines += [f"Wall time with at least one run going: {active[0] / 3600:.1f} h, between {day(active[1])} and "
+                  f"{day(active[2])} (the union of the runs' start-to-stop intervals in their `config.json` histories, "
+                  f"so pauses between sessions do not count); the runs' own times add up to {active[3] / 3600:.1f} h.", ""]
     lines += headline(rows)
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
