@@ -102,7 +102,8 @@ class Args:
     """conjugate-gradient iterations for u = (H + λI)⁻¹ ∇_ω R_LM (the paper's 10; exact curvature only)"""
     cg_damping: float = 100.0
     """λ: damping added to the curvature; the Hessian of the RM loss is indefinite away from a minimum (D13; measured on
-    SmolLM2-135M: λ ≤ 1 broke down on every iteration, λ = 100 on none; README); gauss-newton needs λ > 0"""
+    SmolLM2-135M up to B = 8 and 48 tokens: λ ≤ 30 broke down on every iteration, λ = 100 on none; docs/sta_total.md);
+    gauss-newton needs λ > 0"""
     cg_tol: float = 1e-2
     """CG stops before cg_iterations once ‖(H + λI)u − b‖ ≤ cg_tol·‖b‖; each step is one HVP (~6 RM forwards); at 1e-2,
     u and c were measured within 1% of a tight solve (README; exact curvature only)"""
@@ -114,7 +115,7 @@ class Args:
     """test prompts per generation batch in the evaluation"""
 
 
-LAPTOP = dict(policy_lr=1e-4, rm_lr=1e-3, cg_damping=10.0)  # λ = 10: README's damping table
+LAPTOP = dict(policy_lr=1e-4, rm_lr=1e-3, cg_damping=10.0)  # λ = 10: docs/sta_total.md's damping table
 
 
 def implicit_term(pair_losses, rm_params, b, cg_iterations, cg_damping, cg_tol):
