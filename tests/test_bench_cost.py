@@ -85,3 +85,17 @@ def test_a_real_invocation_writes_the_table(tmp_path, prompts_file):
     assert "--cg-damping" not in rows["dpo"]["script_flags"]
     table = (out / "cost.md").read_text()
     assert "| sta_naive |" in table and "| dpo |" in table and "Measured on " in table
+
+
+def test_ties_in_the_papers_order_and_a_script_whose_help_fails():
+    measured = {m: [synthetic([(s, s)], 16)] for m, s in [("sta_naive", 2.0), ("simultaneous", 1.0), ("parl", 1.5)]}
+    measured["parl"] = [synthetic([(7.5, 7.5)], 80)]  # 1.5 per B prompts
+    table = bench_cost.markdown(bench_cost.summarise(measured, "cwc"), "cwc", "python tools/bench_cost.py", {}, "here")
+    assert "Paper's order on cwc: simultaneous = parl < sta_naive" in table  # Table 1 gives both 1340.522 s on cwc
+    assert "Measured order (× Naive): simultaneous < parl < sta_naive" in table
+    with pytest.raises(SystemExit, match="--help` failed"):
+        bench_cost.script_options("no_such_script.py")
+    cli, flags = bench_cost.parse(["--methods", "dpo", "dpo", "sta_naive", "--", "--laptop"])
+    assert cli.methods == ["dpo", "sta_naive"] and flags == ["--laptop"]
+    with pytest.raises(SystemExit):
+        bench_cost.parse(["--", "--run-name=x"])

@@ -53,7 +53,10 @@ def script_options(script):
     """The --flags a script's --help lists (tyro lists every field, booleans with their --no- form)."""
     proc = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"})
-    return set(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", proc.stdout))
+    options = set(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", proc.stdout))
+    if proc.returncode != 0 or not options:  # else every flag would be left out and the script run at paper scale
+        sys.exit(f"error: `{script} --help` failed, so its flags are unknown:\n{proc.stderr[-2000:]}")
+    return options
 
 
 def flags_for(flags, options):
@@ -150,7 +153,10 @@ def markdown(rows, task, command, dropped, where):
                      + (f" {fmt(r['peak_cuda_mib'], 0)} |" if cuda else "") + f" {offline} |")
     compared = [r for r in rows if r["paper_ratio"] is not None and r["ratio_to_naive"] is not None]
     if compared:
-        order = lambda key: " < ".join(r["method"] for r in sorted(compared, key=lambda r: r[key]))
+        def order(key):  # ties (the paper's cwc row gives Simultaneous and PARL the same seconds) joined by "="
+            ranked = sorted(compared, key=lambda r: r[key])
+            return ranked[0]["method"] + "".join((" = " if b[key] == a[key] else " < ") + b["method"]
+                                                 for a, b in zip(ranked, ranked[1:]))
         swapped = discordant_pairs(rows)
         lines += ["", f"Measured order (× Naive): {order('ratio_to_naive')}", f"Paper's order on {task}: {order('paper_ratio')}",
                   f"Pairs ordered differently: {len(swapped)} of {len(compared) * (len(compared) - 1) // 2}"
@@ -167,9 +173,10 @@ def parse(argv):
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the methods (default 1)")
     parser.add_argument("--out", type=Path, help="write cost.md and cost.csv here")
     cli = parser.parse_args(own)
+    cli.methods = list(dict.fromkeys(cli.methods))
     if cli.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if any(f in flags for f in ("--output-dir", "--run-name", "--resume")):
+    if any(f.split("=", 1)[0] in ("--output-dir", "--run-name", "--resume") for f in flags):
         parser.error("--output-dir, --run-name and --resume are the benchmark's own: leave them out")
     return cli, flags
 
@@ -205,8 +212,8 @@ def main(argv=None):
                       + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak.items()), flush=True)
     task = next(iter(measured.values()))[0]["task"]
     rows = summarise(measured, task)
-    for row, method in zip(rows, cli.methods):
-        row["script_flags"] = " ".join([METHODS[method][0], *commands[method]])
+    for row in rows:
+        row["script_flags"] = " ".join([METHODS[row["method"]][0], *commands[row["method"]]])
     command = "python tools/bench_cost.py " + shlex.join(argv)
     table = markdown(rows, task, command, dropped, machine(next(iter(measured.values()))[0]["environment"]))
     print("\n" + table)

@@ -224,7 +224,7 @@ print("bench " + json.dumps({"marks": marks, "peak": peak, "offline": offline, "
 
 def run(script, flags, out_dir, name, env=None):
     """Run a script to completion; returns (metrics rows, [(wall, CPU) seconds of each timed iteration], peak memory,
-    CG errors). Timed: iterations 2, 3, ... without an evaluation (the first one is warm-up)."""
+    the child's whole report). Timed: iterations 2, 3, ..., each less its evaluation time (the first one is warm-up)."""
     proc = subprocess.run([sys.executable, "-c", CHILD, f"{script}.py", *flags, "--output-dir", str(out_dir), "--run-name", name],
                           cwd=REPO, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **os.environ, **(env or {})})
     if proc.returncode != 0:

@@ -8,6 +8,8 @@ counted apart). Comparisons between two methods are paired by seed, on the seeds
 differences, their mean ± standard deviation, how many favour the first method, and the paired t statistic. A
 difference is called significant when |t| exceeds the two-sided 95% point of Student's t with n − 1 degrees of freedom
 (2.78 for the paper's five seeds); five seeds detect only large effects, so "within noise" means "not shown either way".
+A claim is "incomplete" on a task while a method it needs has no runs or unfinished ones, or fewer than two seeds to
+pair. Diverged runs (a method's outcome) are named beside the comparisons they cannot enter.
 
 1. Both STA variants reach a higher final reward than every other method, per task (§6, Figure 1): holds on a task
    if both beat every other method significantly, does not hold if another method beats one of them significantly,
@@ -19,7 +21,7 @@ difference is called significant when |t| exceeds the two-sided 95% point of Stu
    dominated and its final mean reward is above every other method's. Holds if so for both variants, does not hold if
    for neither, "holds for X only" otherwise (Pareto fronts are of means: there is no per-seed test here).
 3. Reversed starts off competitive but becomes unstable (Figure 1's caption): competitive = its mean reward at the
-   first evaluation after iteration 0 ranks in the upper half of the methods; unstable = a diverged seed, or a drop
+   first evaluation after iteration 0 ranks in the upper half of the methods (rank ≤ n/2); unstable = a diverged seed, or a drop
    from its best evaluation to its last larger than Naive STA's, significantly (paired). Holds if both, does not
    hold if it is not competitive or its drop is not larger at all, within noise otherwise.
 4. Total STA does not clearly beat Naive STA (§6): holds unless Total − Naive final reward is significantly positive on
@@ -30,7 +32,8 @@ difference is called significant when |t| exceeds the two-sided 95% point of Stu
    beside it: a converged cumulative average can hide an oscillating value.
 6. Table 1's cost order: offline DPO is the cheapest method, Total STA takes 2.6-4.6× Naive STA's time, Reversed more
    than Naive. From the grid's seconds per run (whole runs, equal prompts; noisy where runs share a machine) and,
-   with --cost, tools/bench_cost.py's quiet per-iteration ratios at equal prompts (the offline data set apart).
+   with --cost, tools/bench_cost.py's quiet per-iteration ratios at equal prompts (the offline data set apart). Each
+   part holds if every source agrees with the paper, does not hold if none does, "sources disagree" otherwise.
 """
 
 import argparse
@@ -81,6 +84,19 @@ def finals(groups, task, method, key="reward"):
     return {r["seed"]: r["evals"][-1][key] for r in finished(groups, task, method)}
 
 
+def pending(groups, task, methods):
+    """The methods with no run on this task, or a run neither finished nor diverged (the grid is not done with them)."""
+    return [m for m in methods if not groups.get((task, m), {"runs": []})["runs"]
+            or any(r["status"] not in ("finished", "diverged") for r in groups[(task, m)]["runs"])]
+
+
+def left_out(groups, task, methods):
+    """A line naming the runs that the paired comparisons cannot use (diverged, unfinished), or ''."""
+    notes = [f"{name(m)} seed {r['seed']} {r['status']}" for m in methods
+             for r in groups.get((task, m), {"runs": []})["runs"] if r["status"] != "finished"]
+    return f"Not in the comparisons: {'; '.join(notes)}." if notes else ""
+
+
 def name(method):
     return NAMES.get(method, method)
 
@@ -94,7 +110,8 @@ def tasks_and_methods(groups):
 def claim_final_reward(groups, tasks, methods):
     lines, verdicts = [], {}
     for task in tasks:
-        others = [m for m in methods if m not in STA and m != "sta_total_gn" and finals(groups, task, m)]
+        rivals = [m for m in methods if m not in STA and m != "sta_total_gn"]
+        others = [m for m in rivals if finals(groups, task, m)]
         columns = [m for m in [*STA, "sta_total_gn"] if finals(groups, task, m)]
         if not columns or not others:
             verdicts[task] = "incomplete"
@@ -108,7 +125,8 @@ def claim_final_reward(groups, tasks, methods):
             cells = [paired(finals(groups, task, m), finals(groups, task, other)) for m in columns]
             signs += [c["sign"] for m, c in zip(columns, cells) if m in STA]
             lines.append(f"| {name(other)} | " + " | ".join(fmt_paired(c) for c in cells) + " |")
-        verdicts[task] = ("incomplete" if not all(finals(groups, task, m) for m in STA) else "does not hold" if -1 in signs else
+        lines += [line for line in [left_out(groups, task, [*columns, *rivals])] if line]
+        verdicts[task] = ("incomplete" if pending(groups, task, [*STA, *rivals]) else "does not hold" if -1 in signs else
                           "holds" if all(s == 1 for s in signs) else "within noise")
         lines += ["", f"Verdict on {task}: **{verdicts[task]}**.", ""]
     return lines, verdicts
@@ -142,7 +160,7 @@ def claim_pareto(groups, tasks, methods, curves, rows):
                          + ("–" if shares[(task, m)] is None else f"{shares[(task, m)]:.2f}") + " |")
     lines.append("")
     for task in tasks:
-        if not all((task, m) in shares for m in STA):
+        if not all((task, m) in shares for m in STA) or pending(groups, task, methods):
             verdicts[task] = "incomplete"
             continue
         others = [m for m in methods if m not in [*STA, "sta_total_gn"] and (task, m) in kls]
@@ -172,17 +190,21 @@ def claim_reversed(groups, tasks, methods):
                 first[m] = statistics.mean(at)
         ranked = sorted(first, key=lambda m: -first[m])
         rank = ranked.index("reversed") + 1 if "reversed" in first else None
-        competitive = rank is not None and rank <= (len(ranked) + 1) // 2
+        competitive = rank is not None and rank <= max(1, len(ranked) // 2)
         diverged = [r["seed"] for r in runs if r["status"] == "diverged"]
         drop = lambda rs: {r["seed"]: max(e["reward"] for e in r["evals"]) - r["evals"][-1]["reward"] for r in rs if r["evals"]}
         difference = paired(drop([r for r in runs if r["status"] in ("finished", "diverged")]),
                             drop(finished(groups, task, "sta_naive")))
         unstable = bool(diverged) or difference["sign"] == 1
-        verdicts[task] = ("holds" if competitive and unstable else
-                          "does not hold" if not competitive or (not diverged and (difference["mean"] or 0) <= 0) else "within noise")
-        step = runs[0]["evals"][1]["iteration"] if len(runs[0]["evals"]) > 1 else "?"
-        lines.append(f"| {task} | {rank} of {len(ranked)} at iteration {step} ({first.get('reversed', float('nan')):.2f}; best "
-                     f"{name(ranked[0])} {first[ranked[0]]:.2f}) | {', '.join(map(str, diverged)) or 'none'} | {fmt_paired(difference)} |")
+        if rank is None or (not diverged and difference["n"] < 2) or pending(groups, task, methods):
+            verdicts[task] = "incomplete"
+        else:
+            verdicts[task] = ("holds" if competitive and unstable else
+                              "does not hold" if not competitive or (not diverged and difference["mean"] <= 0) else "within noise")
+        step = next((r["evals"][1]["iteration"] for r in runs if len(r["evals"]) > 1), None)
+        where = "–" if rank is None else (f"{rank} of {len(ranked)} at iteration {step} ({first['reversed']:.2f}; best "
+                                           f"{name(ranked[0])} {first[ranked[0]]:.2f})")
+        lines.append(f"| {task} | {where} | {', '.join(map(str, diverged)) or 'none'} | {fmt_paired(difference)} |")
     lines += ["", *(f"Verdict on {t}: **{v}**." for t, v in verdicts.items()), ""]
     return lines, verdicts
 
@@ -196,7 +218,8 @@ def claim_total_vs_naive(groups, tasks):
             verdicts[task] = "incomplete"
             continue
         difference = paired(total, naive)
-        verdicts[task] = "does not hold" if difference["sign"] == 1 else "holds"
+        verdicts[task] = ("incomplete" if difference["n"] < 2 or pending(groups, task, STA) else
+                          "does not hold" if difference["sign"] == 1 else "holds")
         lines.append(f"| {task} | {fmt_paired(difference)} | {fmt_paired(paired(gn, naive))} | "
                      f"{fmt_paired(paired(finals(groups, task, 'sta_total', 'kl'), finals(groups, task, 'sta_naive', 'kl')))} |")
     lines += ["", *(f"Verdict on {t}: **{v}**." for t, v in verdicts.items()), ""]
@@ -211,6 +234,8 @@ def quarters(series):
     last = steps[-1]
     third = [series[s] for s in steps if 0.5 * last < s <= 0.75 * last]
     fourth = [series[s] for s in steps if s > 0.75 * last]
+    if not third or len(fourth) < 2:  # uneven steps
+        return None
     return statistics.mean(third), statistics.mean(fourth), statistics.stdev(fourth)
 
 
@@ -231,10 +256,12 @@ def claim_convergence(groups, tasks):
                 lines.append(f"| {task} | {key} | too few points to compare quarters | – |")
                 continue
             difference = paired({s: q[1] for s, q in got.items()}, {s: q[0] for s, q in got.items()})
-            drifts.append(difference["sign"])
+            if difference["n"] >= 2:
+                drifts.append(difference["sign"])
             lines.append(f"| {task} | {key} | {fmt_paired(difference)} | "
                          f"{statistics.mean(q[1] for q in got.values()):.3f}, {statistics.mean(q[2] for q in got.values()):.3f} |")
-        verdicts[task] = "does not hold" if any(drifts) else "holds"
+        verdicts[task] = ("incomplete" if len(drifts) < 3 or pending(groups, task, ["sta_naive"]) else
+                          "does not hold" if any(drifts) else "holds")
     lines += ["", *(f"Verdict on {t}: **{v}**." for t, v in verdicts.items()), ""]
     return lines, verdicts
 
@@ -255,7 +282,8 @@ def claim_cost(rows, cost):
     for source, ratios in measured.items():
         present = {m: v for m, v in ratios.items() if m in paper_methods}
         cheapest = min(present, key=present.get) if present else None
-        checks["dpo_cheapest"].append(cheapest == "dpo")
+        if "dpo" in present:
+            checks["dpo_cheapest"].append(cheapest == "dpo")
         if "sta_total" in ratios:
             checks["total_range"].append(2.6 <= ratios["sta_total"] <= 4.6)
         if "reversed" in ratios:
@@ -267,7 +295,8 @@ def claim_cost(rows, cost):
     for key, what in [("dpo_cheapest", "offline DPO is the cheapest"), ("total_range", "Total STA at 2.6-4.6× Naive"),
                       ("reversed_above", "Reversed above Naive")]:
         values = checks[key]
-        verdicts[what] = "incomplete" if not values else "holds" if all(values) else "does not hold" if not any(values) else "within noise"
+        verdicts[what] = ("incomplete" if not values else "holds" if all(values) else "does not hold" if not any(values)
+                          else "sources disagree")
     lines += ["", *(f"{what}: **{v}**." for what, v in verdicts.items()), ""]
     return lines, verdicts
 
@@ -283,7 +312,10 @@ def main(argv=None):
     groups = load(cli.runs)
     rows, curves = summarise(groups, None)
     tasks, methods = tasks_and_methods(groups)
-    cost = list(csv.DictReader(open(cli.cost))) if cli.cost else None
+    cost = None
+    if cli.cost:
+        with open(cli.cost, newline="") as f:
+            cost = list(csv.DictReader(f))
     sections = [
         ("1. Both STA variants reach a higher final reward than every other method, per task", claim_final_reward(groups, tasks, methods)),
         ("2. wc, cwc: the STA methods are Pareto-dominated; un: a similar front at a higher reward", claim_pareto(groups, tasks, methods, curves, rows)),

@@ -312,8 +312,8 @@ def markdown(rows, root, groups, figures, kl_budget):
 
         day = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         lines += [f"Wall time with at least one run going: {active[0] / 3600:.1f} h, between {day(active[1])} and "
-                  f"{day(active[2])} (the union of the runs' start-to-stop intervals in their `config.json` histories, "
-                  f"so pauses between sessions do not count); the runs' own times add up to {active[3] / 3600:.1f} h.", ""]
+                  f"{day(active[2])} (the union of the start-to-stop intervals in the `config.json` histories of the "
+                  f"runs reported here, so pauses between sessions do not count, nor do reruns moved aside); the runs' own times add up to {active[3] / 3600:.1f} h.", ""]
     lines += headline(rows)
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
