@@ -16,12 +16,12 @@ from test_results import write_run  # noqa: E402
 SEEDS = [467, 532, 6518, 7107, 8688]
 
 
-def run(seed, rewards, kls=None, status="finished", rm=None, every=10):
+def run(seed, rewards, kls=None, status="finished", series=None, every=10):
     """A run as results.read_run gives it: evaluations every `every` iterations from 0."""
     kls = kls or [float(i) for i in range(len(rewards))]
     evals = [{"iteration": i * every, "reward": r, "kl": k, "prompts": 16.0 * i * every, "pairs": 16.0 * i * every}
              for i, (r, k) in enumerate(zip(rewards, kls))]
-    return {"seed": seed, "status": status, "evals": evals, "rm": rm or {"rm/loss": {}, "rm/score_mean": {}},
+    return {"seed": seed, "status": status, "evals": evals, "series": {key: {} for key in results.SERIES} | (series or {}),
             "iteration": evals[-1]["iteration"], "s_per_iteration": 1.0, "s_per_run": 100.0, "prompts": evals[-1]["prompts"],
             "pairs": evals[-1]["pairs"], "kept": evals[-1]["pairs"]}
 
@@ -73,7 +73,7 @@ def test_convergence_is_the_absence_of_drift_between_the_last_two_quarters():
     flat = lambda: {i: 0.3 + rng.gauss(0, 0.05) for i in range(1, 101)}
     falling = lambda: {i: 1.0 - 0.008 * i + rng.gauss(0, 0.01) for i in range(1, 101)}
     for loss, verdict in [(flat, "holds"), (falling, "does not hold")]:
-        runs = [run(s, [0.0] + [5.0 + rng.gauss(0, 0.05) for _ in range(10)], rm={"rm/loss": loss(), "rm/score_mean": flat()})
+        runs = [run(s, [0.0] + [5.0 + rng.gauss(0, 0.05) for _ in range(10)], series={"rm/loss": loss(), "rm/score_mean": flat()})
                 for s in SEEDS]
         lines, verdicts = claims.claim_convergence({("cwc", "sta_naive"): group(*runs)}, ["cwc"])
         assert verdicts == {"cwc": verdict}
@@ -138,7 +138,7 @@ def test_the_command_writes_claims_md(tmp_path):
 
 def test_a_claim_without_the_evidence_for_it_is_incomplete():
     short = {i: 0.3 for i in range(1, 8)}  # 7 points a run: too few for quarters
-    runs = [run(s, [0.0, 5.0], rm={"rm/loss": short, "rm/score_mean": short}) for s in SEEDS]
+    runs = [run(s, [0.0, 5.0], series={"rm/loss": short, "rm/score_mean": short}) for s in SEEDS]
     assert claims.claim_convergence({("cwc", "sta_naive"): group(*runs)}, ["cwc"])[1] == {"cwc": "incomplete"}
     assert claims.quarters({**{i: 1.0 for i in range(7)}, 100: 2.0}) is None  # uneven steps: an empty third quarter
     groups = {("cwc", "sta_naive"): group(*(run(s, [0.0, 1.0]) for s in SEEDS[:2])),
@@ -160,3 +160,23 @@ def test_reversed_unstable_by_a_significantly_larger_drop():
               ("cwc", "reversed"): group(*(run(s, [0.0, 2.0, 2.5, 1.0 + 0.05 * i]) for i, s in enumerate(SEEDS)))}
     lines, verdicts = claims.claim_reversed(groups, ["cwc"], ["sta_naive", "reversed", "ppo"])
     assert verdicts == {"cwc": "holds"} and "| none |" in lines[2]  # no divergence: the drop (1.5 vs ≤ 0.4) decides
+
+
+def test_measurements_average_each_part_of_a_run_per_seed_then_over_seeds():
+    assert claims.part({i: float(i) for i in range(1, 101)}, 0, 0.1) == pytest.approx(5.5)  # iterations 1-10
+    assert claims.part({i: float(i) for i in range(1, 21)}, 0.5, 1) == pytest.approx(15.5)  # PARL's 20: iterations 11-20
+    assert claims.part({}, 0, 1) is None and claims.spread([None]) == "–" and claims.spread([1.0]) == "1.00"
+    accuracy = lambda a, b: {i: (a if i <= 10 else b) for i in range(1, 101)}
+    runs = [run(s, [0.0, 1.0, 2.0], kls=[0.0, 10.0 + 2 * j, 20.0],
+                series={"rm/accuracy": accuracy(0.5, 0.6 + 0.1 * j), "rm/score_std": accuracy(2.0, 1.0)})
+            for j, s in enumerate(SEEDS[:2])]
+    total = [run(s, [0.0, 2.0], series={"rm/accuracy": accuracy(0.5, 0.5), "cg/iterations": {1: 2.0, 2: 4.0},
+                                        "cg/breakdown": {1: 1.0, 2: 0.0}, "cg/residual": {1: 0.5, 2: 0.5},
+                                        "policy/naive_grad_norm": {1: 10.0, 2: 10.0},
+                                        "policy/implicit_grad_norm": {1: 1.0, 2: 3.0}}) for s in SEEDS[:2]]
+    groups = {("cwc", "sta_naive"): group(*runs), ("cwc", "sta_total"): group(*total),
+              ("cwc", "ppo"): group(*(run(s, [0.0, 1.0]) for s in SEEDS[:2]))}  # trains no RM: no row
+    lines = claims.measurements(groups, ["cwc"], ["sta_naive", "sta_total", "ppo"])
+    assert "| cwc | Naive STA | 0.50 ± 0.00 | 0.65 ± 0.07 | 2.00 ± 0.00 | 11.00 ± 1.41 | 2.00 ± 0.00 |" in lines
+    assert "| cwc | Total STA | 3.00 ± 0.00 | 0.50 ± 0.00 | 0.50 ± 0.00 | 0.20 ± 0.00 |" in lines
+    assert not any("PPO" in line for line in lines)

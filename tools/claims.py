@@ -34,6 +34,9 @@ pair. Diverged runs (a method's outcome) are named beside the comparisons they c
    than Naive. From the grid's seconds per run (whole runs, equal prompts; noisy where runs share a machine) and,
    with --cost, tools/bench_cost.py's quiet per-iteration ratios at equal prompts (the offline data set apart). Each
    part holds if every source agrees with the paper, does not hold if none does, "sources disagree" otherwise.
+
+claims.md ends with measurements that bear on the verdicts and carry none (measurements()): the learned reward
+models' accuracy on fresh oracle pairs, their score spread, the policy's early KL, and Total STA's solve of eq. 11.
 """
 
 import argparse
@@ -249,7 +252,7 @@ def claim_convergence(groups, tasks):
             continue
         drifts = []
         for key in ("rm/loss", "rm/score_mean", "eval/reward"):
-            got = {r["seed"]: quarters({e["iteration"]: e["reward"] for e in r["evals"]} if key == "eval/reward" else r["rm"][key])
+            got = {r["seed"]: quarters({e["iteration"]: e["reward"] for e in r["evals"]} if key == "eval/reward" else r["series"][key])
                    for r in runs}
             got = {s: q for s, q in got.items() if q}
             if not got:  # fewer than 8 points a run
@@ -301,6 +304,58 @@ def claim_cost(rows, cost):
     return lines, verdicts
 
 
+def spread(values, form=".2f"):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    return f"{statistics.mean(values):{form}}" + (f" ± {statistics.stdev(values):{form}}" if len(values) > 1 else "")
+
+
+def part(series, lo, hi):
+    """The mean of {iteration: value} over lo·T < iteration ≤ hi·T, T the run's last iteration (None if empty)."""
+    if not series:
+        return None
+    last = max(series)
+    values = [v for i, v in series.items() if lo * last < i <= hi * last]
+    return statistics.mean(values) if values else None
+
+
+def measurements(groups, tasks, methods):
+    """Logged quantities that bear on the verdicts, no verdict of their own: how well each learned reward model ranks
+    pairs it has not been trained on yet, how strong its signal is and how far the policy has moved at the start, and
+    how Total STA's conjugate gradient fares. Each cell is the per-seed mean over the stated part of the run, then the
+    mean ± std over seeds (finished runs). Parts are fractions of the run, so PARL's 20 outer iterations compare with
+    the others' 100 at equal prompts."""
+    lines = ["The reward model of each method that trains one (`rm/accuracy`: the fraction of the iteration's oracle pairs it "
+             "ranks right before its first step on them; `rm/score_std`: the spread of its scores of the policy's samples, "
+             "the signal the policy follows; `eval/kl` at the first evaluation after iteration 0: how far the policy has "
+             "moved by then). The first tenth of a run is its first 160 prompts.", "",
+             "| task | method | RM held-out accuracy, first tenth | RM held-out accuracy, last half | RM score std, first tenth "
+             "| KL at the first evaluation | final reward |", "|---|---|---|---|---|---|---|"]
+    cg_lines = ["Total STA's solve of eq. 11 per iteration: conjugate-gradient steps (`cg/iterations`; Gauss-Newton solves "
+                "directly), the share of iterations where CG stopped on non-positive curvature (`cg/breakdown`), the relative "
+                "residual of the returned u (`cg/residual`), and the implicit part's norm over the naive gradient's.", "",
+                "| task | method | CG steps | breakdown share | relative residual | ‖implicit‖ / ‖naive‖ |", "|---|---|---|---|---|---|"]
+    for task in tasks:
+        for m in methods:
+            runs = finished(groups, task, m)
+            if runs and any(r["series"].get("rm/accuracy") for r in runs):
+                per = lambda key, lo, hi: [part(r["series"].get(key), lo, hi) for r in runs]
+                first_kl = [r["evals"][1]["kl"] for r in runs if len(r["evals"]) > 1]
+                lines.append(f"| {task} | {name(m)} | {spread(per('rm/accuracy', 0, 0.1))} | {spread(per('rm/accuracy', 0.5, 1))} "
+                             f"| {spread(per('rm/score_std', 0, 0.1))} | {spread(first_kl)} | "
+                             f"{spread([r['evals'][-1]['reward'] for r in runs])} |")
+            if runs and any(r["series"].get("cg/iterations") for r in runs):
+                per = lambda key: [part(r["series"].get(key), 0, 1) for r in runs]
+                ratio = [part({i: v / r["series"]["policy/naive_grad_norm"][i] for i, v in r["series"]["policy/implicit_grad_norm"].items()
+                               if r["series"]["policy/naive_grad_norm"].get(i)}, 0, 1) for r in runs]
+                direct = m == "sta_total_gn"
+                cg_lines.append(f"| {task} | {name(m)} | {'direct' if direct else spread(per('cg/iterations'))} | "
+                                f"{'–' if direct else spread(per('cg/breakdown'))} | {spread(per('cg/residual'), '.1e' if direct else '.2f')} | "
+                                f"{spread(ratio)} |")
+    return lines + [""] + cg_lines + [""]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, help="a folder of runs (tools/grid.py's --output-dir)")
@@ -335,6 +390,7 @@ def main(argv=None):
     text.append("")
     for title, (lines, _) in sections:
         text += [f"## {title}", "", *lines]
+    text += ["## Measurements behind the verdicts", "", *measurements(groups, tasks, methods)]
     out = "\n".join(text)
     if cli.out:
         cli.out.mkdir(parents=True, exist_ok=True)

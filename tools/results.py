@@ -56,6 +56,9 @@ PAPER_SECONDS = {
 # arguments that may differ between runs that are averaged together
 FREE_ARGS = {"seed", "run_name", "output_dir", "resume", "device", "save_every", "track", "wandb_project",
              "wandb_entity", "tensorboard"}
+# per-iteration columns kept from metrics.csv: Figure 2's, and those tools/claims.py's measurements read
+SERIES = ("rm/loss", "rm/score_mean", "rm/score_std", "rm/accuracy", "policy/kl", "cg/iterations", "cg/breakdown",
+          "cg/residual", "policy/naive_grad_norm", "policy/implicit_grad_norm")
 COLUMNS = ["task", "method", "n", "seeds", "final_reward_mean", "final_reward_std", "final_kl_mean", "final_kl_std",
            "kl_budget", "pareto_best_reward", "pareto_best_kl", "s_per_iteration_mean", "s_per_iteration_std",
            "s_per_run_mean", "s_per_run_std", "time_ratio_to_naive", "paper_s_per_run", "paper_ratio_to_naive",
@@ -127,7 +130,7 @@ def read_run(run_dir):
         "s_per_iteration": statistics.median(steps) if steps else None, "s_per_run": number(last, "wall_time"),
         "prompts": number(last, "prompts_seen"), "pairs": number(last, "pairs_queried", "oracle_pairs"),
         "kept": number(last, "pairs_kept"),
-        "rm": {key: {int(r["iteration"]): float(r[key]) for r in rows if r.get(key)} for key in ("rm/loss", "rm/score_mean")},
+        "series": {key: {int(r["iteration"]): float(r[key]) for r in rows if r.get(key)} for key in SERIES},
         "history": config.get("history", []),
     }
 
@@ -436,8 +439,8 @@ def plot(rows, curves, groups, out, x_axes="both"):
                 finished = [r for r in groups.get((task, method), {"runs": []})["runs"] if r["status"] == "finished"]
                 if not finished:
                     continue
-                steps = sorted(set.intersection(*(set(r["rm"][key]) for r in finished)))
-                mean = [statistics.mean(r["rm"][key][s] for r in finished) for s in steps]
+                steps = sorted(set.intersection(*(set(r["series"][key]) for r in finished)))
+                mean = [statistics.mean(r["series"][key][s] for r in finished) for s in steps]
                 cumulative = [sum(mean[:i + 1]) / (i + 1) for i in range(len(mean))]
                 colour = COLOURS[method]
                 ax.plot(steps, mean, color=colour, alpha=0.3, linewidth=0.8)
