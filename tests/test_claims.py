@@ -179,4 +179,6 @@ def test_measurements_average_each_part_of_a_run_per_seed_then_over_seeds():
     lines = claims.measurements(groups, ["cwc"], ["sta_naive", "sta_total", "ppo"])
     assert "| cwc | Naive STA | 0.50 ± 0.00 | 0.65 ± 0.07 | 2.00 ± 0.00 | 11.00 ± 1.41 | 2.00 ± 0.00 |" in lines
     assert "| cwc | Total STA | 3.00 ± 0.00 | 0.50 ± 0.00 | 0.50 ± 0.00 | 0.20 ± 0.00 |" in lines
-    assert not any("PPO" in line for line in lines)
+    assert not any("PPO" in line for line in lines)  # too short for a second half, and no RM
+    # the second half: the evaluation at iteration 10 of 20 against the last, per seed
+    assert "| cwc | Naive STA | 1.00 ± 0.00 | 2.00 ± 0.00 | 1.00 ± 0.00 | 11.0 ± 1.4 | 20.0 ± 0.0 |" in lines

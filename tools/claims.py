@@ -321,7 +321,8 @@ def part(series, lo, hi):
 
 
 def measurements(groups, tasks, methods):
-    """Logged quantities that bear on the verdicts, no verdict of their own: how well each learned reward model ranks
+    """Logged quantities that bear on the verdicts, no verdict of their own: whether each method is still improving
+    over the second half of its run, how well each learned reward model ranks
     pairs it has not been trained on yet, how strong its signal is and how far the policy has moved at the start, and
     how Total STA's conjugate gradient fares. Each cell is the per-seed mean over the stated part of the run, then the
     mean ± std over seeds (finished runs). Parts are fractions of the run, so PARL's 20 outer iterations compare with
@@ -336,9 +337,21 @@ def measurements(groups, tasks, methods):
                 "directly), the share of iterations where CG stopped on non-positive curvature (`cg/breakdown`), the relative "
                 "residual of the returned u (`cg/residual`), and the implicit part's norm over the naive gradient's.", "",
                 "| task | method | CG steps | breakdown share | relative residual | ‖implicit‖ / ‖naive‖ |", "|---|---|---|---|---|---|"]
+    half_lines = ["Every method's second half: evaluation reward and KL at the evaluation nearest the middle of the run and at "
+                  "the end, and the gain between them (per seed, then mean ± std over seeds): a method that has stopped "
+                  "improving shows a gain near 0.", "",
+                  "| task | method | reward at half | final reward | gain over the second half | KL at half | final KL |",
+                  "|---|---|---|---|---|---|---|"]
     for task in tasks:
         for m in methods:
             runs = finished(groups, task, m)
+            if runs and all(len(r["evals"]) > 2 for r in runs):
+                middle = [min(r["evals"], key=lambda e: abs(e["iteration"] - r["evals"][-1]["iteration"] / 2)) for r in runs]
+                ends = [r["evals"][-1] for r in runs]
+                half_lines.append(f"| {task} | {name(m)} | {spread([e['reward'] for e in middle])} | "
+                                  f"{spread([e['reward'] for e in ends])} | "
+                                  f"{spread([b['reward'] - a['reward'] for a, b in zip(middle, ends)])} | "
+                                  f"{spread([e['kl'] for e in middle], '.1f')} | {spread([e['kl'] for e in ends], '.1f')} |")
             if runs and any(r["series"].get("rm/accuracy") for r in runs):
                 per = lambda key, lo, hi: [part(r["series"].get(key), lo, hi) for r in runs]
                 first_kl = [r["evals"][1]["kl"] for r in runs if len(r["evals"]) > 1]
@@ -353,7 +366,7 @@ def measurements(groups, tasks, methods):
                 cg_lines.append(f"| {task} | {name(m)} | {'direct' if direct else spread(per('cg/iterations'))} | "
                                 f"{'–' if direct else spread(per('cg/breakdown'))} | {spread(per('cg/residual'), '.1e' if direct else '.2f')} | "
                                 f"{spread(ratio)} |")
-    return lines + [""] + cg_lines + [""]
+    return half_lines + [""] + lines + [""] + cg_lines + [""]
 
 
 def main(argv=None):
