@@ -177,7 +177,7 @@ def test_measurements_average_each_part_of_a_run_per_seed_then_over_seeds():
     groups = {("cwc", "sta_naive"): group(*runs), ("cwc", "sta_total"): group(*total),
               ("cwc", "ppo"): group(*(run(s, [0.0, 1.0]) for s in SEEDS[:2]))}  # trains no RM: no row
     lines = claims.measurements(groups, ["cwc"], ["sta_naive", "sta_total", "ppo"])
-    assert "| cwc | Naive STA | 0.50 ± 0.00 | 0.65 ± 0.07 | 2.00 ± 0.00 | 11.00 ± 1.41 | 2.00 ± 0.00 |" in lines
+    assert "| cwc | Naive STA | 0.50 ± 0.00 | 0.65 ± 0.07 | 2.00 ± 0.00 | 1.00 ± 0.00 | 11.00 ± 1.41 | 2.00 ± 0.00 |" in lines
     assert "| cwc | Total STA | 3.00 ± 0.00 | 0.50 ± 0.00 | 0.50 ± 0.00 | 0.20 ± 0.00 |" in lines
     assert not any("PPO" in line for line in lines)  # too short for a second half, and no RM
     # the second half: the evaluation at iteration 10 of 20 against the last, per seed

@@ -199,3 +199,23 @@ def test_bench_cost_command_parses(where, line, words):
     commands, _ = bench_cost.commands_for(cli.methods, flags)
     for method, flags in commands.items():
         parse_flags(script_of(grid.METHODS[method][0]), flags, where, f"{line}` → {method}")
+
+
+QUOTED = re.compile(r"^<!-- from (\S+) -->\n((?:\|.*\n)+)", re.M)  # a table copied from a generated file
+
+
+@pytest.mark.parametrize("page", PAGES, ids=rel)
+def test_copied_tables_match_their_source(page):
+    """A table under `<!-- from PATH -->` (the front page's results and claims) is the generated file's, row for row:
+    regenerating the results and not the page fails here."""
+    for source, table in QUOTED.findall(page.read_text()):
+        path = page.parent / source
+        assert path.is_file(), f"{rel(page)}: the table's source {source} does not exist"
+        lines = path.read_text().splitlines()
+        rows = table.splitlines()
+        start = next((i for i, line in enumerate(lines) if line == rows[0] and lines[i:i + len(rows)] == rows), None)
+        assert start is not None, f"{rel(page)}: the table from {source} differs from it; copy it again"
+
+
+def test_copied_tables_are_found():
+    assert QUOTED.findall("x\n<!-- from a.md -->\n| a |\n|---|\n| 1 |\n\nmore") == [("a.md", "| a |\n|---|\n| 1 |\n")]

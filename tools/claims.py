@@ -332,7 +332,7 @@ def measurements(groups, tasks, methods):
              "the signal the policy follows; `eval/kl` at the first evaluation after iteration 0: how far the policy has "
              "moved by then). The first tenth of a run is its first 160 prompts.", "",
              "| task | method | RM held-out accuracy, first tenth | RM held-out accuracy, last half | RM score std, first tenth "
-             "| KL at the first evaluation | final reward |", "|---|---|---|---|---|---|---|"]
+             "| RM score std, last half | KL at the first evaluation | final reward |", "|---|---|---|---|---|---|---|---|"]
     cg_lines = ["Total STA's solve of eq. 11 per iteration: conjugate-gradient steps (`cg/iterations`; Gauss-Newton solves "
                 "directly), the share of iterations where CG stopped on non-positive curvature (`cg/breakdown`), the relative "
                 "residual of the returned u (`cg/residual`), and the implicit part's norm over the naive gradient's.", "",
@@ -356,7 +356,7 @@ def measurements(groups, tasks, methods):
                 per = lambda key, lo, hi: [part(r["series"].get(key), lo, hi) for r in runs]
                 first_kl = [r["evals"][1]["kl"] for r in runs if len(r["evals"]) > 1]
                 lines.append(f"| {task} | {name(m)} | {spread(per('rm/accuracy', 0, 0.1))} | {spread(per('rm/accuracy', 0.5, 1))} "
-                             f"| {spread(per('rm/score_std', 0, 0.1))} | {spread(first_kl)} | "
+                             f"| {spread(per('rm/score_std', 0, 0.1))} | {spread(per('rm/score_std', 0.5, 1))} | {spread(first_kl)} | "
                              f"{spread([r['evals'][-1]['reward'] for r in runs])} |")
             if runs and any(r["series"].get("cg/iterations") for r in runs):
                 per = lambda key: [part(r["series"].get(key), 0, 1) for r in runs]
