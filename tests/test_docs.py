@@ -21,6 +21,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "tools"))
 import bench_cost  # noqa: E402
 import grid  # noqa: E402
+import sync_tables  # noqa: E402
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SCRIPTS = sorted({script.removesuffix(".py") for script, _ in grid.METHODS.values()})  # the algorithm scripts
@@ -201,21 +202,24 @@ def test_bench_cost_command_parses(where, line, words):
         parse_flags(script_of(grid.METHODS[method][0]), flags, where, f"{line}` → {method}")
 
 
-QUOTED = re.compile(r"^<!-- from (\S+) -->\n((?:\|.*\n)+)", re.M)  # a table copied from a generated file
-
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_copied_tables_match_their_source(page):
     """A table under `<!-- from PATH -->` (the front page's results and claims) is the generated file's, row for row:
-    regenerating the results and not the page fails here."""
-    for source, table in QUOTED.findall(page.read_text()):
-        path = page.parent / source
-        assert path.is_file(), f"{rel(page)}: the table's source {source} does not exist"
-        lines = path.read_text().splitlines()
-        rows = table.splitlines()
-        start = next((i for i, line in enumerate(lines) if line == rows[0] and lines[i:i + len(rows)] == rows), None)
-        assert start is not None, f"{rel(page)}: the table from {source} differs from it; copy it again"
+    regenerating the results without `python tools/sync_tables.py README.md` fails here."""
+    text, changed = sync_tables.sync(page)
+    assert not changed, f"{rel(page)}: {changed} differ from their source; run python tools/sync_tables.py {rel(page)}"
 
 
-def test_copied_tables_are_found():
-    assert QUOTED.findall("x\n<!-- from a.md -->\n| a |\n|---|\n| 1 |\n\nmore") == [("a.md", "| a |\n|---|\n| 1 |\n")]
+def test_sync_tables_copies_the_table_after_the_anchor(tmp_path):
+    (tmp_path / "r.md").write_text("# R\n\n| a |\n|---|\n| 0 |\n\n## Final reward, by task\n\ntext\n\n| b | c |\n|---|---|\n| 1 | 2 |\nend\n")
+    page = tmp_path / "p.md"
+    page.write_text("x\n<!-- from r.md#final-reward-by-task -->\n| b |\n|---|\n| old |\n\n<!-- from r.md -->\n\nafter\n")
+    assert sync_tables.main([str(page), "--check"]) == 1 and "old" in page.read_text()
+    assert sync_tables.main([str(page)]) == 0 and sync_tables.main([str(page), "--check"]) == 0
+    assert page.read_text() == ("x\n<!-- from r.md#final-reward-by-task -->\n| b | c |\n|---|---|\n| 1 | 2 |\n\n"
+                                "<!-- from r.md -->\n| a |\n|---|\n| 0 |\n\nafter\n")
+    page.write_text("<!-- from r.md#nothing -->\n")
+    with pytest.raises(SystemExit) as e:
+        sync_tables.main([str(page)])
+    assert e.value.code == 2

@@ -9,3 +9,4 @@ python tools/grid.py --algos sta_naive sta_total sta_total_gn --tasks cwc --work
 python tools/grid.py --algos $ALGOS --tasks cwc wc un --workers 2 --output-dir results/laptop/runs -- --laptop
 python tools/results.py results/laptop/runs --out results/laptop
 python tools/claims.py results/laptop/runs --cost results/cost/laptop/cost.csv --out results/laptop
+python tools/sync_tables.py README.md   # the front page's copies of the headline and claims tables
