@@ -170,15 +170,19 @@ def test_measurements_average_each_part_of_a_run_per_seed_then_over_seeds():
     runs = [run(s, [0.0, 1.0, 2.0], kls=[0.0, 10.0 + 2 * j, 20.0],
                 series={"rm/accuracy": accuracy(0.5, 0.6 + 0.1 * j), "rm/score_std": accuracy(2.0, 1.0)})
             for j, s in enumerate(SEEDS[:2])]
-    total = [run(s, [0.0, 2.0], series={"rm/accuracy": accuracy(0.5, 0.5), "cg/iterations": {1: 2.0, 2: 4.0},
-                                        "cg/breakdown": {1: 1.0, 2: 0.0}, "cg/residual": {1: 0.5, 2: 0.5},
-                                        "policy/naive_grad_norm": {1: 10.0, 2: 10.0},
-                                        "policy/implicit_grad_norm": {1: 1.0, 2: 3.0}}) for s in SEEDS[:2]]
+    ten = lambda f: {i: f(i) for i in range(1, 11)}
+    total = [run(s, [0.0, 2.0], series={"rm/accuracy": accuracy(0.5, 0.5), "cg/iterations": ten(lambda i: 2.0 if i == 1 else 4.0),
+                                        "cg/breakdown": ten(lambda i: float(i <= 5)), "cg/residual": ten(lambda i: 0.5),
+                                        "cg/returned_iterate": ten(lambda i: 0.0 if i <= 2 else 3.0),
+                                        "policy/naive_grad_norm": ten(lambda i: 10.0),
+                                        "policy/implicit_grad_norm": ten(float)}) for s in SEEDS[:2]]
     groups = {("cwc", "sta_naive"): group(*runs), ("cwc", "sta_total"): group(*total),
               ("cwc", "ppo"): group(*(run(s, [0.0, 1.0]) for s in SEEDS[:2]))}  # trains no RM: no row
     lines = claims.measurements(groups, ["cwc"], ["sta_naive", "sta_total", "ppo"])
     assert "| cwc | Naive STA | 0.50 ± 0.00 | 0.65 ± 0.07 | 2.00 ± 0.00 | 1.00 ± 0.00 | 11.00 ± 1.41 | 2.00 ± 0.00 |" in lines
-    assert "| cwc | Total STA | 3.00 ± 0.00 | 0.50 ± 0.00 | 0.50 ± 0.00 | 0.20 ± 0.00 |" in lines
+    # CG: steps over the first tenth (iteration 1) and the run, breakdowns, u = 0 share, residual, median norm ratio
+    assert ("| cwc | Total STA | 2.00 ± 0.00 | 3.80 ± 0.00 | 0.50 ± 0.00 | 0.20 ± 0.00 | 0.50 ± 0.00 | 0.55 ± 0.00 |"
+            in lines)
     assert not any("PPO" in line for line in lines)  # too short for a second half, and no RM
     # the second half: the evaluation at iteration 10 of 20 against the last, per seed
     assert "| cwc | Naive STA | 1.00 ± 0.00 | 2.00 ± 0.00 | 1.00 ± 0.00 | 11.0 ± 1.4 | 20.0 ± 0.0 |" in lines

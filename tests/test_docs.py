@@ -219,7 +219,17 @@ def test_sync_tables_copies_the_table_after_the_anchor(tmp_path):
     assert sync_tables.main([str(page)]) == 0 and sync_tables.main([str(page), "--check"]) == 0
     assert page.read_text() == ("x\n<!-- from r.md#final-reward-by-task -->\n| b | c |\n|---|---|\n| 1 | 2 |\n\n"
                                 "<!-- from r.md -->\n| a |\n|---|\n| 0 |\n\nafter\n")
-    page.write_text("<!-- from r.md#nothing -->\n")
-    with pytest.raises(SystemExit) as e:
-        sync_tables.main([str(page)])
-    assert e.value.code == 2
+    (tmp_path / "e.md").write_text("## Empty\n\ntext\n\n## Full\n\n| x |\n")
+    for bad in ["<!-- from r.md#nothing -->\n", "<!-- from e.md#empty -->\n",  # no such heading; a section without a table
+                "<!-- from  r.md extra -->\n", "<!-- from missing.md -->\n"]:
+        page.write_text(bad)
+        with pytest.raises(SystemExit) as e:
+            sync_tables.main([str(page)])
+        assert e.value.code == 2 and page.read_text() == bad
+    # a stale last row without a final newline; a repeated heading (GitHub's -1); a heading inside a code fence
+    (tmp_path / "r.md").write_text("## T\n| a |\n|---|\n| 1 |\n\n```\n## T\n```\n## T\n| b |\n|---|\n| 2 |\n")
+    page.write_text("<!--  from r.md#t-1  -->\n| b |\n|---|\n| 3 |")
+    assert sync_tables.main([str(page), "--check"]) == 1 and sync_tables.main([str(page)]) == 0
+    assert page.read_text() == "<!--  from r.md#t-1  -->\n| b |\n|---|\n| 2 |"
+    page.write_text("```\n<!-- from nothing.md -->\n```\n")  # inside a code fence: shown, not copied into
+    assert sync_tables.main([str(page), "--check"]) == 0

@@ -322,26 +322,31 @@ def part(series, lo, hi):
 
 def measurements(groups, tasks, methods):
     """Logged quantities that bear on the verdicts, no verdict of their own: whether each method is still improving
-    over the second half of its run, how well each learned reward model ranks
-    pairs it has not been trained on yet, how strong its signal is and how far the policy has moved at the start, and
-    how Total STA's conjugate gradient fares. Each cell is the per-seed mean over the stated part of the run, then the
-    mean ± std over seeds (finished runs). Parts are fractions of the run, so PARL's 20 outer iterations compare with
-    the others' 100 at equal prompts."""
-    lines = ["The reward model of each method that trains one (`rm/accuracy`: the fraction of the iteration's oracle pairs it "
-             "ranks right before its first step on them; `rm/score_std`: the spread of its scores of the policy's samples, "
-             "the signal the policy follows; `eval/kl` at the first evaluation after iteration 0: how far the policy has "
-             "moved by then). The first tenth of a run is its first 160 prompts.", "",
-             "| task | method | RM held-out accuracy, first tenth | RM held-out accuracy, last half | RM score std, first tenth "
-             "| RM score std, last half | KL at the first evaluation | final reward |", "|---|---|---|---|---|---|---|---|"]
-    cg_lines = ["Total STA's solve of eq. 11 per iteration: conjugate-gradient steps (`cg/iterations`; Gauss-Newton solves "
-                "directly), the share of iterations where CG stopped on non-positive curvature (`cg/breakdown`), the relative "
-                "residual of the returned u (`cg/residual`), and the implicit part's norm over the naive gradient's.", "",
-                "| task | method | CG steps | breakdown share | relative residual | ‖implicit‖ / ‖naive‖ |", "|---|---|---|---|---|---|"]
+    over the second half of its run, how well each learned reward model ranks pairs it has not been trained on yet,
+    the spread of the scores the policy follows and how far the policy has moved at the start, and how Total STA's
+    solve of eq. 11 fares. Each cell is the per-seed mean (a median where stated) over the stated part of the run, then
+    the mean ± std over seeds (finished runs). Parts are fractions of the run, so PARL's 20 outer iterations compare
+    with the others' 100 at equal prompts."""
     half_lines = ["Every method's second half: evaluation reward and KL at the evaluation nearest the middle of the run and at "
                   "the end, and the gain between them (per seed, then mean ± std over seeds): a method that has stopped "
                   "improving shows a gain near 0.", "",
                   "| task | method | reward at half | final reward | gain over the second half | KL at half | final KL |",
                   "|---|---|---|---|---|---|---|"]
+    lines = ["The reward model of each method that trains one. `rm/accuracy`: the fraction of the iteration's oracle pairs it "
+             "ranks right before its first step on them. `rm/score_std`: the spread of the RM scores that weight the "
+             "policy's update, which each method takes at a different point: Naive and Total STA from the RM after its S "
+             "steps on those same pairs, Simultaneous and Reversed from the RM before its step, PARL from the frozen RM on "
+             "all k samples of its last inner batch. Evaluation KL at the first evaluation after iteration 0: how far the "
+             "policy has moved by then. The first tenth of a run is its first 160 prompts.", "",
+             "| task | method | RM held-out accuracy, first tenth | RM held-out accuracy, last half | RM score std, first tenth "
+             "| RM score std, last half | evaluation KL at the first evaluation | final reward |", "|---|---|---|---|---|---|---|---|"]
+    cg_lines = ["Total STA's solve of eq. 11 per iteration: conjugate-gradient steps (`cg/iterations`; Gauss-Newton solves "
+                "directly), the share of iterations where CG stopped on non-positive curvature (`cg/breakdown`), the share "
+                "where it returned u = 0 (`cg/returned_iterate` 0: that iteration's step is Naive STA's), the relative "
+                "residual of the returned u (`cg/residual`), and the median over the run of the implicit part's norm over "
+                "the naive gradient's.", "",
+                "| task | method | CG steps, first tenth | CG steps, whole run | breakdown share | u = 0 share | relative residual "
+                "| median ‖implicit‖ / ‖naive‖ |", "|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         for m in methods:
             runs = finished(groups, task, m)
@@ -354,18 +359,21 @@ def measurements(groups, tasks, methods):
                                   f"{spread([e['kl'] for e in middle], '.1f')} | {spread([e['kl'] for e in ends], '.1f')} |")
             if runs and any(r["series"].get("rm/accuracy") for r in runs):
                 per = lambda key, lo, hi: [part(r["series"].get(key), lo, hi) for r in runs]
-                first_kl = [r["evals"][1]["kl"] for r in runs if len(r["evals"]) > 1]
+                first_kl = [next((e["kl"] for e in r["evals"] if e["iteration"] > 0), None) for r in runs]
                 lines.append(f"| {task} | {name(m)} | {spread(per('rm/accuracy', 0, 0.1))} | {spread(per('rm/accuracy', 0.5, 1))} "
                              f"| {spread(per('rm/score_std', 0, 0.1))} | {spread(per('rm/score_std', 0.5, 1))} | {spread(first_kl)} | "
                              f"{spread([r['evals'][-1]['reward'] for r in runs])} |")
-            if runs and any(r["series"].get("cg/iterations") for r in runs):
-                per = lambda key: [part(r["series"].get(key), 0, 1) for r in runs]
-                ratio = [part({i: v / r["series"]["policy/naive_grad_norm"][i] for i, v in r["series"]["policy/implicit_grad_norm"].items()
-                               if r["series"]["policy/naive_grad_norm"].get(i)}, 0, 1) for r in runs]
-                direct = m == "sta_total_gn"
-                cg_lines.append(f"| {task} | {name(m)} | {'direct' if direct else spread(per('cg/iterations'))} | "
-                                f"{'–' if direct else spread(per('cg/breakdown'))} | {spread(per('cg/residual'), '.1e' if direct else '.2f')} | "
-                                f"{spread(ratio)} |")
+            if runs and any(r["series"].get("cg/residual") for r in runs):
+                per = lambda key, hi=1: [part(r["series"].get(key), 0, hi) for r in runs]
+                ratio = [statistics.median(v / r["series"]["policy/naive_grad_norm"][i]
+                                           for i, v in r["series"]["policy/implicit_grad_norm"].items()
+                                           if r["series"]["policy/naive_grad_norm"].get(i)) for r in runs
+                         if any(r["series"]["policy/naive_grad_norm"].get(i) for i in r["series"]["policy/implicit_grad_norm"])]
+                zero = [part({i: float(v == 0) for i, v in r["series"].get("cg/returned_iterate", {}).items()}, 0, 1) for r in runs]
+                cells = (["direct", "direct", "–", "–", spread(per("cg/residual"), ".1e")] if m == "sta_total_gn" else
+                         [spread(per("cg/iterations", 0.1)), spread(per("cg/iterations")), spread(per("cg/breakdown")),
+                          spread(zero), spread(per("cg/residual"))])
+                cg_lines.append(f"| {task} | {name(m)} | " + " | ".join(cells) + f" | {spread(ratio)} |")
     return half_lines + [""] + lines + [""] + cg_lines + [""]
 
 

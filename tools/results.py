@@ -57,8 +57,8 @@ PAPER_SECONDS = {
 FREE_ARGS = {"seed", "run_name", "output_dir", "resume", "device", "save_every", "track", "wandb_project",
              "wandb_entity", "tensorboard"}
 # per-iteration columns kept from metrics.csv: Figure 2's, and those tools/claims.py's measurements read
-SERIES = ("rm/loss", "rm/score_mean", "rm/score_std", "rm/accuracy", "policy/kl", "cg/iterations", "cg/breakdown",
-          "cg/residual", "policy/naive_grad_norm", "policy/implicit_grad_norm")
+SERIES = ("rm/loss", "rm/score_mean", "rm/score_std", "rm/accuracy", "cg/iterations", "cg/returned_iterate",
+          "cg/breakdown", "cg/residual", "policy/naive_grad_norm", "policy/implicit_grad_norm")
 COLUMNS = ["task", "method", "n", "seeds", "final_reward_mean", "final_reward_std", "final_kl_mean", "final_kl_std",
            "kl_budget", "pareto_best_reward", "pareto_best_kl", "s_per_iteration_mean", "s_per_iteration_std",
            "s_per_run_mean", "s_per_run_std", "time_ratio_to_naive", "paper_s_per_run", "paper_ratio_to_naive",

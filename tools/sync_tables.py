@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-MARK = re.compile(r"^<!-- from ([^\s#]+)(?:#(\S+))? -->\n((?:\|.*\n)*)", re.M)
+MARK = re.compile(r"<!--\s*from\s+([^\s#]+)(?:#(\S+))?\s*-->")
 
 
 def anchor(heading):
@@ -21,33 +21,64 @@ def anchor(heading):
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+def outside_fences(lines):
+    """The indices of the lines that are not inside a fenced code block."""
+    fenced = False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            yield i
+
+
 def source_table(path, fragment=None):
+    """The lines of the first table in path, or in its section whose heading has the anchor `fragment`."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file; generate it first")
     lines = path.read_text().splitlines()
-    start = 0
+    headings, seen = [], {}
+    for i in outside_fences(lines):
+        if re.match(r"#{1,6} ", lines[i]):
+            a = anchor(lines[i].lstrip("#"))
+            headings.append((i, a if a not in seen else f"{a}-{seen[a]}"))  # GitHub numbers repeated headings
+            seen[a] = seen.get(a, 0) + 1
+    start, stop = 0, len(lines)
     if fragment:
-        start = next((i for i, line in enumerate(lines) if line.startswith("#") and anchor(line.lstrip("#")) == fragment), None)
-        if start is None:
+        k = next((k for k, (_, a) in enumerate(headings) if a == fragment), None)
+        if k is None:
             raise ValueError(f"{path}: no heading with the anchor #{fragment}")
-    first = next((i for i in range(start, len(lines)) if lines[i].startswith("|")), None)
+        start, stop = headings[k][0], headings[k + 1][0] if k + 1 < len(headings) else len(lines)
+    first = next((i for i in range(start, stop) if lines[i].startswith("|")), None)
     if first is None:
-        raise ValueError(f"{path}{'#' + fragment if fragment else ''}: no table")
-    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
-    return "\n".join(lines[first:end]) + "\n"
+        raise ValueError(f"{path}{'#' + fragment if fragment else ''}: no table there")
+    end = next((i for i in range(first, stop) if not lines[i].startswith("|")), stop)
+    return lines[first:end]
 
 
 def sync(page):
     """The page's text with every marked table copied afresh, and the marks whose copy changed."""
-    text, changed = page.read_text(), []
-
-    def copy(match):
-        table = source_table(page.parent / match[1], match[2])
-        if table != match[3]:
-            changed.append(match[0].splitlines()[0])
-        return match[0].splitlines()[0] + "\n" + table
-
-    return MARK.sub(copy, text), changed
+    text = page.read_text()
+    lines = text.splitlines()
+    out, changed, i = [], [], 0
+    live = set(outside_fences(lines))
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if i - 1 not in live or not line.lstrip().startswith("<!--") or not re.match(r"<!--\s*from\s", line.strip()):
+            continue
+        mark = MARK.fullmatch(line.strip())
+        if not mark:
+            raise ValueError(f"{page}: {line.strip()!r} should read <!-- from PATH --> or <!-- from PATH#anchor -->")
+        old = []
+        while i < len(lines) and lines[i].startswith("|"):
+            old.append(lines[i])
+            i += 1
+        table = source_table(page.parent / mark[1], mark[2])
+        if table != old:
+            changed.append(line.strip())
+        out += table
+    return "\n".join(out) + ("\n" if text.endswith("\n") else ""), changed
 
 
 def main(argv=None):
