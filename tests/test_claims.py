@@ -168,7 +168,8 @@ def test_measurements_average_each_part_of_a_run_per_seed_then_over_seeds():
     assert claims.part({}, 0, 1) is None and claims.spread([None]) == "–" and claims.spread([1.0]) == "1.00"
     accuracy = lambda a, b: {i: (a if i <= 10 else b) for i in range(1, 101)}
     runs = [run(s, [0.0, 1.0, 2.0], kls=[0.0, 10.0 + 2 * j, 20.0],
-                series={"rm/accuracy": accuracy(0.5, 0.6 + 0.1 * j), "rm/score_std": accuracy(2.0, 1.0)})
+                series={"rm/accuracy": accuracy(0.5, 0.6 + 0.1 * j), "rm/score_std": accuracy(2.0, 1.0),
+                        "rm/loss": accuracy(0.1, 0.3)})
             for j, s in enumerate(SEEDS[:2])]
     ten = lambda f: {i: f(i) for i in range(1, 11)}
     total = [run(s, [0.0, 2.0], series={"rm/accuracy": accuracy(0.5, 0.5), "cg/iterations": ten(lambda i: 2.0 if i == 1 else 4.0),
@@ -179,7 +180,7 @@ def test_measurements_average_each_part_of_a_run_per_seed_then_over_seeds():
     groups = {("cwc", "sta_naive"): group(*runs), ("cwc", "sta_total"): group(*total),
               ("cwc", "ppo"): group(*(run(s, [0.0, 1.0]) for s in SEEDS[:2]))}  # trains no RM: no row
     lines = claims.measurements(groups, ["cwc"], ["sta_naive", "sta_total", "ppo"])
-    assert "| cwc | Naive STA | 0.50 ± 0.00 | 0.65 ± 0.07 | 2.00 ± 0.00 | 1.00 ± 0.00 | 11.00 ± 1.41 | 2.00 ± 0.00 |" in lines
+    assert "| cwc | Naive STA | 0.50 ± 0.00 | 0.65 ± 0.07 | 0.10 ± 0.00 | 2.00 ± 0.00 | 1.00 ± 0.00 | 11.00 ± 1.41 | 2.00 ± 0.00 |" in lines
     # CG: steps over the first tenth (iteration 1) and the run, breakdowns, u = 0 share, residual, median norm ratio
     assert ("| cwc | Total STA | 2.00 ± 0.00 | 3.80 ± 0.00 | 0.50 ± 0.00 | 0.20 ± 0.00 | 0.50 ± 0.00 | 0.55 ± 0.00 |"
             in lines)

@@ -336,10 +336,12 @@ def measurements(groups, tasks, methods):
              "ranks right before its first step on them. `rm/score_std`: the spread of the RM scores that weight the "
              "policy's update, which each method takes at a different point: Naive and Total STA from the RM after its S "
              "steps on those same pairs, Simultaneous and Reversed from the RM before its step, PARL from the frozen RM on "
-             "all k samples of its last inner batch. Evaluation KL at the first evaluation after iteration 0: how far the "
-             "policy has moved by then. The first tenth of a run is its first 160 prompts.", "",
-             "| task | method | RM held-out accuracy, first tenth | RM held-out accuracy, last half | RM score std, first tenth "
-             "| RM score std, last half | evaluation KL at the first evaluation | final reward |", "|---|---|---|---|---|---|---|---|"]
+             "all k samples of its last inner batch. `rm/loss`: its Bradley-Terry loss on the iteration's pairs after its "
+             "steps on them (in sample). Evaluation KL at the first evaluation after iteration 0: how far the policy has "
+             "moved by then. The first tenth of a run is its first 160 prompts.", "",
+             "| task | method | RM held-out accuracy, first tenth | RM held-out accuracy, last half | RM loss after its steps, "
+             "first tenth | RM score std, first tenth | RM score std, last half | evaluation KL at the first evaluation "
+             "| final reward |", "|---|---|---|---|---|---|---|---|---|"]
     cg_lines = ["Total STA's solve of eq. 11 per iteration: conjugate-gradient steps (`cg/iterations`; Gauss-Newton solves "
                 "directly), the share of iterations where CG stopped on non-positive curvature (`cg/breakdown`), the share "
                 "where it returned u = 0 (`cg/returned_iterate` 0: that iteration's step is Naive STA's), the relative "
@@ -361,7 +363,7 @@ def measurements(groups, tasks, methods):
                 per = lambda key, lo, hi: [part(r["series"].get(key), lo, hi) for r in runs]
                 first_kl = [next((e["kl"] for e in r["evals"] if e["iteration"] > 0), None) for r in runs]
                 lines.append(f"| {task} | {name(m)} | {spread(per('rm/accuracy', 0, 0.1))} | {spread(per('rm/accuracy', 0.5, 1))} "
-                             f"| {spread(per('rm/score_std', 0, 0.1))} | {spread(per('rm/score_std', 0.5, 1))} | {spread(first_kl)} | "
+                             f"| {spread(per('rm/loss', 0, 0.1))} | {spread(per('rm/score_std', 0, 0.1))} | {spread(per('rm/score_std', 0.5, 1))} | {spread(first_kl)} | "
                              f"{spread([r['evals'][-1]['reward'] for r in runs])} |")
             if runs and any(r["series"].get("cg/residual") for r in runs):
                 per = lambda key, hi=1: [part(r["series"].get(key), 0, hi) for r in runs]
