@@ -202,7 +202,6 @@ def test_bench_cost_command_parses(where, line, words):
         parse_flags(script_of(grid.METHODS[method][0]), flags, where, f"{line}` → {method}")
 
 
-
 @pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_copied_tables_match_their_source(page):
     """A table under `<!-- from PATH -->` (the front page's results and claims) is the generated file's, row for row:

@@ -35,8 +35,9 @@ pair. Diverged runs (a method's outcome) are named beside the comparisons they c
    with --cost, tools/bench_cost.py's quiet per-iteration ratios at equal prompts (the offline data set apart). Each
    part holds if every source agrees with the paper, does not hold if none does, "sources disagree" otherwise.
 
-claims.md ends with measurements that bear on the verdicts and carry none (measurements()): the learned reward
-models' accuracy on fresh oracle pairs, their score spread, the policy's early KL, and Total STA's solve of eq. 11.
+claims.md ends with measurements that bear on the verdicts and carry none (measurements()): each method's gain over
+the second half of its run; the learned reward models' accuracy on fresh oracle pairs, their in-sample loss and score
+spread, the policy's early KL; and Total STA's solve of eq. 11.
 """
 
 import argparse
