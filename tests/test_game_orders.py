@@ -289,7 +289,8 @@ def test_rollout_without_oracle_generates_the_same_samples(model_dir):
 # ---------------------------------------------------------------------------------------------------- end to end
 # Short laptop runs on unique nouns, whose wide reward range shows a rise within a few iterations (cwc rises too, but
 # slowly: the policy follows an RM that has not seen the batch, docs/reversed.md). PARL's outer iteration has S LM
-# steps on S·B prompts. The three run at once, one thread each: with one thread a run is the same on any machine (measured so), and two cores serve three.
+# steps on S·B prompts. The three run at once, one thread each: with one thread a run is the same on any machine
+# (measured so), and two cores serve three.
 SHORT_RUN = {"simultaneous": 10, "reversed": 10, "parl": 8}
 RISE = {"simultaneous": 2.0, "reversed": 1.5, "parl": 1.5}  # measured (1 thread): 13.68 → 19.21, → 16.91, → 17.39
 
