@@ -1,12 +1,16 @@
 """tools/bench_cost.py (issue 15): which flags go to which script, the timer's marks turned into iteration times with the
 evaluation left out, the ratio arithmetic at equal prompts (PARL's outer iteration takes 5B prompts) beside the paper's
-Table 1, the order comparison, and one real invocation on the laptop model that writes the table."""
+Table 1, the order comparison, one real invocation on the laptop model that writes the table, and the paper-shape
+model of tools/build_shape_model.py."""
 
 import csv
+import subprocess
 import sys
 
 import pytest
+import torch
 
+import common
 from conftest import REPO, TINY
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -99,3 +103,22 @@ def test_ties_in_the_papers_order_and_a_script_whose_help_fails():
     assert cli.methods == ["dpo", "sta_naive"] and flags == ["--laptop"]
     with pytest.raises(SystemExit):
         bench_cost.parse(["--", "--run-name=x"])
+
+
+def test_the_shape_model_has_the_asked_body_and_the_laptop_vocabulary(tmp_path):
+    """tools/build_shape_model.py (results/cost/run_bench_gpu.sh): the body asked for, the laptop tokenizer's vocabulary
+    and special tokens, and a model the scripts load and sample from through common's loaders."""
+    out = tmp_path / "shape"
+    subprocess.run([sys.executable, str(REPO / "tools" / "build_shape_model.py"), str(out), "--layers", "2", "--hidden", "32",
+                    "--heads", "2", "--ffn", "64"], check=True, capture_output=True)
+    tokenizer = common.load_tokenizer(str(out))
+    laptop = common.load_tokenizer("laptop")
+    assert tokenizer.get_vocab() == laptop.get_vocab() and tokenizer.pad_token_id == laptop.pad_token_id
+    policy = common.load_policy(str(out), tokenizer, "cpu")
+    config = policy.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.ffn_dim) == (2, 32, 2, 64)
+    assert config.vocab_size == len(laptop) and config.max_position_embeddings == 2048
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (laptop.bos_token_id, laptop.eos_token_id,
+                                                                              laptop.pad_token_id)
+    reward_model = common.load_reward_model(str(out), tokenizer, "cpu")
+    assert torch.equal(reward_model.model.decoder.layers[1].fc1.weight, policy.model.decoder.layers[1].fc1.weight)
