@@ -372,9 +372,14 @@ def plot(rows, curves, groups, out, x_axes="both"):
     methods = list(dict.fromkeys(r["method"] for r in rows))
     notes = []
 
-    def panels(n_rows=1):
-        fig, axes = plt.subplots(n_rows, len(tasks), figsize=(5 * len(tasks), 4 * n_rows), squeeze=False)
+    def panels(n_rows=1, legend_below=False):
+        height = 4 * n_rows + (1.6 if legend_below else 0)  # room for a legend under each panel
+        fig, axes = plt.subplots(n_rows, len(tasks), figsize=(5 * len(tasks), height), squeeze=False)
         return fig, axes
+
+    def legend_below(ax):  # under the panel, where it hides no curve (the methods' early rise is top left)
+        if ax.get_legend_handles_labels()[0]:  # a panel can be empty while a grid is running
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
     def save(fig, name, what):
         fig.tight_layout()
@@ -386,7 +391,7 @@ def plot(rows, curves, groups, out, x_axes="both"):
                            ("pairs", "figure1_reward_pairs.png", "preference pairs queried")]:
         if x_axes not in (x, "both"):
             continue
-        fig, axes = panels()
+        fig, axes = panels(legend_below=True)
         left_out = set()
         for col, task in enumerate(tasks):
             ax = axes[0][col]
@@ -405,12 +410,11 @@ def plot(rows, curves, groups, out, x_axes="both"):
                 ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=COLOURS.get(method), alpha=0.2, linewidth=0)
             ax.set(title=TASK_NAMES.get(task, task), xlabel=label, ylabel="evaluation reward")
-            if ax.get_legend_handles_labels()[0]:  # a panel can be empty while a grid is running
-                ax.legend(fontsize=7)
+            legend_below(ax)
         extra = f"; left out, as they query no pairs: {', '.join(sorted(left_out))}" if left_out else ""
         save(fig, name, f"evaluation reward against {label}, mean ± std over seeds{extra}")
 
-    fig, axes = panels()
+    fig, axes = panels(legend_below=True)
     for col, task in enumerate(tasks):
         ax = axes[0][col]
         for method in methods:
@@ -423,8 +427,7 @@ def plot(rows, curves, groups, out, x_axes="both"):
             ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
         ax.set(title=TASK_NAMES.get(task, task), xlabel="KL(π_θ ‖ π_ref), mean over seeds",
                ylabel="evaluation reward, mean over seeds")
-        if ax.get_legend_handles_labels()[0]:  # a panel can be empty while a grid is running
-            ax.legend(fontsize=7)
+        legend_below(ax)
     save(fig, "figure1_pareto.png", "KL-reward Pareto fronts (dotted: the KL budget of the table)")
 
     sta = [m for m in ("sta_naive", "sta_total", "sta_total_gn") if any(curves.get((t, m)) for t in tasks)]
