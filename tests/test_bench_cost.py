@@ -122,3 +122,8 @@ def test_the_shape_model_has_the_asked_body_and_the_laptop_vocabulary(tmp_path):
                                                                               laptop.pad_token_id)
     reward_model = common.load_reward_model(str(out), tokenizer, "cpu")
     assert torch.equal(reward_model.model.decoder.layers[1].fc1.weight, policy.model.decoder.layers[1].fc1.weight)
+    torch.manual_seed(0)
+    prompt_ids, prompt_mask, _ = common.encode_prompts(tokenizer, ["Tell me about data.", "Write a short poem."], "cpu")
+    continuation, mask = common.sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens=8)
+    assert continuation.shape[0] == 2 and 1 <= continuation.shape[1] <= 8 and mask.sum() > 0 and int(continuation.max()) < len(laptop)
+    assert all(isinstance(t, str) for t in common.decode_continuations(tokenizer, continuation, mask))

@@ -8,7 +8,7 @@ The body (layers, widths, heads, 2048 positions) is opt-125m's; the vocabulary i
 opt-125m's 50272, because a tokenizer must decode what the model samples. That shrinks the policy's output layer
 (31% of opt-125m's forward multiply-adds) and the embedding, not the reward model's body, where Total STA's
 Hessian-vector products run. The weights are random (seeded): the timings are the shape's, not a trained model's
-(a random model seldom samples EOS, so continuations run to the full length).
+(its next-token distribution is near uniform, so EOS, one word in 4096, ends few continuations early).
 """
 
 import argparse
