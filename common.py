@@ -736,6 +736,24 @@ def _git_commit():
         return ""
 
 
+def _cpu_model():
+    """The CPU's model name, family, model and stepping: CPU runs are bit-identical only on the same CPU model and
+    thread count (docs/running.md), and a model name alone can be as generic as "Intel(R) Xeon(R) Processor"."""
+    try:
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip() and fields:  # the first processor's block is enough
+                break
+            fields.setdefault(key.strip(), value.strip())
+        if "model name" in fields:
+            return (f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, "
+                    f"stepping {fields.get('stepping', '?')})")
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _environment(args):
     """Versions and the machine a run (or a resumed part of it) ran on: results say where they were measured."""
     import transformers
@@ -743,7 +761,7 @@ def _environment(args):
     device = torch.device(args.device)
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "git_commit": _git_commit(), "host": platform.node(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
