@@ -408,7 +408,8 @@ SAMPLER_CACHE = {"cuda": "static"}
 
 def sampling_config(tokenizer, max_new_tokens, cache_implementation=None):
     """D2: every sampling option spelled out, so no model's generation_config.json can add top-k, top-p or penalties;
-    cache_implementation None is the dynamic cache, "static" a preallocated one (SAMPLER_CACHE)."""
+    cache_implementation None is the dynamic cache, "static" a preallocated one (SAMPLER_CACHE) sized for the longest
+    prompt (the tokenizer's prompt length) so that its shape, and the compiled decoding step, is the same at every call."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
@@ -416,6 +417,7 @@ def sampling_config(tokenizer, max_new_tokens, cache_implementation=None):
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
         repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, use_cache=True,
         cache_implementation=cache_implementation,
+        **({"max_cache_len": tokenizer.model_max_length + max_new_tokens} if cache_implementation == "static" else {}),
         remove_invalid_values=True,  # a diverged policy (nan logits) reaches the divergence check instead of crashing here
     )
 

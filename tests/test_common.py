@@ -100,8 +100,8 @@ def test_rollout_resamples_ties_then_drops_them(lm, monkeypatch):
 
 def test_static_cache_samples_the_same_tokens_as_the_dynamic_one(lm, monkeypatch):
     """Issue 27: CUDA samples with a static KV cache (SAMPLER_CACHE). Forced on CPU, it draws exactly the dynamic
-    cache's tokens from the same RNG state, through a whole rollout with tie redraws, and every call passes the D2
-    check on the static config."""
+    cache's tokens from the same RNG state, through a whole rollout with tie redraws, every call passes the D2 check
+    on the static config, and the cache has the same length at every call (one compiled shape per batch size)."""
     from transformers.cache_utils import StaticCache
 
     tokenizer, policy = lm
@@ -115,11 +115,12 @@ def test_static_cache_samples_the_same_tokens_as_the_dynamic_one(lm, monkeypatch
     checked, caches = [], []
     check, init = common.check_pure_sampling, StaticCache.__init__
     monkeypatch.setattr(common, "check_pure_sampling", lambda p, config: checked.append(config.cache_implementation) or check(p, config))
-    monkeypatch.setattr(StaticCache, "__init__", lambda self, *a, **kw: caches.append(1) or init(self, *a, **kw))
+    monkeypatch.setattr(StaticCache, "__init__", lambda self, *a, **kw: caches.append(kw["max_cache_len"]) or init(self, *a, **kw))
     monkeypatch.setitem(common.SAMPLER_CACHE, "cpu", "static")
     static = draw()
     assert dynamic.redraws == static.redraws > 0  # the redraw calls too
-    assert set(checked) == {"static"} and len(caches) == len(checked) >= 2  # a static cache in every generate call
+    assert set(checked) == {"static"} and len(caches) == len(checked) >= 2  # a static cache in every generate call,
+    assert set(caches) == {tokenizer.model_max_length + 30}  # of one shape: the longest prompt and 30 new tokens
     for field in ("input_ids", "attention_mask", "continuation_mask", "rewards", "chosen", "rejected", "keep"):
         assert torch.equal(getattr(dynamic, field), getattr(static, field)), field
     assert dynamic.continuation_texts == static.continuation_texts

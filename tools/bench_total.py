@@ -47,9 +47,15 @@ REPO = Path(__file__).resolve().parents[1]
 # runs one script in this child process, timing each outer iteration (wall and CPU time, at the end of each
 # iteration), then reports the timings and the peak memory on its last line
 CHILD = """
-import json, os, resource, runpy, sys, time, torch
+import time
+started = time.perf_counter()
+import json, os, resource, runpy, sys, torch
 import common
 marks, errors, end_iteration = [], [], common.Run.end_iteration
+if os.environ.get("BENCH_SAMPLER_CACHE"):  # the KV cache to sample with on every device: dynamic or static (issue 27)
+    cache = os.environ["BENCH_SAMPLER_CACHE"]
+    assert cache in ("dynamic", "static"), f"BENCH_SAMPLER_CACHE={cache}: dynamic or static"
+    common.SAMPLER_CACHE.update(cpu=None if cache == "dynamic" else cache, cuda=None if cache == "dynamic" else cache)
 if os.environ.get("BENCH_CG_REFERENCE"):  # --tolerance: compare each solve with a tight one of the same system
     solve = common.conjugate_gradient
     def checked_solve(matvec, b, iterations=10, damping=0.0, tol=1e-10):
@@ -218,7 +224,7 @@ peak = {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if torch.cuda.is_available():
     peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
 print("bench " + json.dumps({"marks": marks, "peak": peak, "offline": offline, "errors": errors, "profile": profile,
-                            "compare": compare}))
+                            "compare": compare, "started": started, "sampler_cache": dict(common.SAMPLER_CACHE)}))
 """
 
 
