@@ -20,8 +20,8 @@ never read from the cache), as the seconds it took and the iterations' worth of 
 paper's Table 1 ratio on the task run and its range over the three tasks (its DPO read as offline DPO; iterated DPO,
 DRO-V and Total-GN are not in the paper). The last lines compare the two orderings.
 
-The first iteration's seconds are reported apart (first_iteration_s: from the child's start, so loading, warm-up and,
-on CUDA, compiling the static-cache sampler, less its evaluation and the offline data set), with the KV cache the runs
+The first iteration's seconds are reported apart (first_iteration_s: from the child's start, so loading, warm-up, the
+first evaluation and, on CUDA, compiling the static-cache sampler; the offline data set left out), with the KV cache the runs
 sampled with (common.SAMPLER_CACHE: static on CUDA, dynamic on CPU; BENCH_SAMPLER_CACHE=dynamic or static in the
 environment sets it for every device, as for the break-even in results/cost/run_bench_gpu.sh).
 
@@ -86,7 +86,7 @@ def measurement(report, rows, config):
     device = config["args"]["device"]
     kind = ("cuda" if config["history"][0]["gpu"] else "cpu") if device == "auto" else device.split(":")[0]
     return {"seconds": report["seconds"], "peak": report["peak"], "offline": report.get("offline", []),
-            "first_iteration": first[0] - report["started"] - first[2] - offline, "sampler_cache": report["sampler_cache"].get(kind) or "dynamic",
+            "first_iteration": first[0] - report["started"] - offline, "sampler_cache": report["sampler_cache"].get(kind) or "dynamic",
             "prompts_per_iteration": float(last["prompts_seen"]) / float(last["iteration"]),
             "batch_size": config["args"]["batch_size"], "task": config["args"]["task"], "environment": config["history"][0]}
 

@@ -87,6 +87,7 @@ def timings(policies, tokenizer, ids, mask, args):
     """{sampler: {rows: [first call s, then the repeats' s]} or {"failed": message}}."""
     k = args.samples_per_prompt
     sizes = [len(ids)] + [k * t for t in args.redraw_prompts if 0 < t * k < len(ids)]
+    draw(policies[torch.float32], tokenizer, ids[:k], mask[:k], 2, None, args.device)  # device and library warm-up
     out = {}
     for name, (dtype, cache) in SAMPLERS.items():
         seconds = {}

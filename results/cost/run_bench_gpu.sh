@@ -16,6 +16,7 @@
 # reported apart anyway (bench_cost's offline column), and evaluations are left out of the iteration times.
 #
 #   bash results/cost/run_bench_gpu.sh [OUT_DIR]          # default results/cost/gpu-opt125m-shape/static
+#   bash results/cost/run_bench_gpu.sh "$OUT/static"      # on a lent device (its $OUT comes back even when cut short)
 #   SMOKE=1 bash results/cost/run_bench_gpu.sh OUT_DIR    # the same steps on the CPU at a tiny shape, the static
 #                                                         # sampler forced in step 3: checks this script end to end
 # Writes OUT_DIR/log.txt (everything printed), OUT_DIR/sampler/sampler.{md,json}, OUT_DIR/all/cost.{md,csv} (rewritten
@@ -37,7 +38,7 @@ if [[ -n "${SMOKE:-}" ]]; then
 else
     python tools/build_shape_model.py "$work/model"
     shape=(--device cuda)
-    limit=(timeout 360)  # step 3's share of a 600-second command; the finished methods are kept if it runs out
+    limit=(timeout 390)  # step 3's share of a 600-second command; the finished methods are kept if it runs out
 fi
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
                                             torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
@@ -46,7 +47,7 @@ flags=(--model "$work/model" --prompts "$work/prompts.txt" "${shape[@]}" --task 
 
 echo "== sampler: static against dynamic cache, bf16 mismatch"
 status=0
-timeout 100 python tools/bench_sampler.py --model "$work/model" --prompts "$work/prompts.txt" "${shape[@]}" --repeats 2 \
+timeout 100 python tools/bench_sampler.py --model "$work/model" --prompts "$work/prompts.txt" "${shape[@]}" --repeats 1 \
     --out "$out/sampler" || status=$?
 if [[ $status == 3 ]]; then
     echo "the static-cache sampler failed (above): timing every method with the dynamic cache"
@@ -59,7 +60,7 @@ echo "== all ten methods"
 "${limit[@]}" python tools/bench_cost.py --out "$out/all" -- "${flags[@]}" || echo "bench_cost stopped (status $?): $out/all has the methods it finished"
 
 echo "== Naive STA with the dynamic cache"
-BENCH_SAMPLER_CACHE=dynamic timeout 90 python tools/bench_cost.py --methods sta_naive --out "$out/naive-dynamic" -- "${flags[@]}" \
+BENCH_SAMPLER_CACHE=dynamic timeout 60 python tools/bench_cost.py --methods sta_naive --out "$out/naive-dynamic" -- "${flags[@]}" \
     || echo "bench_cost stopped (status $?)"
 
 python - "$out" <<'EOF'
