@@ -5,28 +5,21 @@ Float results may differ in the last bits under another torch, transformers or C
 
 import csv
 import json
-import platform
 
 import pytest
 import torch
 import transformers
 
+import common
 from conftest import REPO, TINY, read_metrics, run_script
 
 GOLDEN = REPO / "tests" / "golden"
 VERSIONS = json.loads((GOLDEN / "versions.json").read_text())
 
 
-def cpu_model():
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 @pytest.mark.parametrize("script,task", [("sta_naive", "cwc"), ("sta_naive", "un"), ("dpo", "cwc")])
 def test_a_tiny_cpu_run_writes_the_metrics_of_the_code_before_issue_27(script, task, prompts_file, tmp_path):
-    here = {"torch": torch.__version__, "transformers": transformers.__version__, "cpu": cpu_model()}
+    here = {"torch": torch.__version__, "transformers": transformers.__version__, "cpu": common._cpu_model()}
     if any(here[k] != VERSIONS[k] for k in here):
         pytest.skip(f"golden metrics made with {VERSIONS}, this is {here}")
     proc, run_dir = run_script(script, *TINY, "--prompts", prompts_file, "--task", task, "--iterations", "3",
