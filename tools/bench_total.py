@@ -29,7 +29,8 @@ matrix-free Gauss-Newton products to --cg-tol, the alternative to the pair-space
 ratio of the implicit parts ∇_θ (1/|C|) Σ_i c_i score_i (eq. 19-26) of Gauss-Newton against exact, the breakdowns, and
 the CPU seconds of each solve. Timing and the other modes take --curvature gauss-newton like any sta_total.py flag.
 
-Profile: `--profile` runs each script once with every common.* call (rollout, RM scores, log-probs, CG, HVPs), every
+Profile: `--profile` runs each script once with every common.* call (rollout and, inside it, each generate call
+(common.sample) and oracle call; RM scores, log-probs, CG, HVPs), every
 autograd pass (by the script line that asks for it) and every optimizer step timed, and prints ms per iteration.
 """
 
@@ -174,7 +175,8 @@ if os.environ.get("BENCH_PROFILE"):  # --profile: time every common call, autogr
         if where == "common.py":
             return f"common.{frame.f_code.co_name}: autograd"
         return f"{where}:{frame.f_lineno} " + linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()[:70]
-    for name in ("rollout", "reward_model_scores", "continuation_logprobs", "conjugate_gradient", "hessian_vector_product"):
+    for name in ("rollout", "sample", "oracle", "reward_model_scores", "continuation_logprobs", "conjugate_gradient",
+                 "hessian_vector_product"):  # sample and oracle: inside rollout (its generate calls, its rankings)
         setattr(common, name, timed(lambda name=name: f"common.{name}", getattr(common, name)))
     torch.autograd.grad = timed(call_site, torch.autograd.grad)
     torch.Tensor.backward = timed(call_site, torch.Tensor.backward)
