@@ -12,6 +12,7 @@
 
 import csv
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -96,11 +97,17 @@ def oracle(task, prompt_text, continuation_text):
         present = set(tokens)
         return float(sum(w in present for w in WORDS))
     if task == "cwc":  # D11, authors' code: |(W \ P) ∩ Y| − |W ∩ P|; the penalty is constant per prompt
-        present, in_prompt = set(tokens), set(word_tokens(prompt_text))
+        present, in_prompt = set(tokens), prompt_words(prompt_text)
         return float(sum(-1 if w in in_prompt else int(w in present) for w in WORDS))
     if task == "un":  # number of distinct surface forms tagged NN, NNS, NNP or NNPS
         return float(len({w for w, tag in pos_tagger().tag(tokens) if tag.startswith("NN")}))
     fail(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+
+
+@functools.lru_cache(maxsize=4096)
+def prompt_words(prompt_text):
+    """The words of a prompt, as cwc's penalty reads them: tokenized once, not once per sample and redraw."""
+    return frozenset(word_tokens(prompt_text))
 
 
 def rank_samples(rewards):
@@ -392,14 +399,25 @@ def continuation_mask(continuation, eos_token_id):
     return (torch.arange(n, device=continuation.device)[None] <= first_eos[:, None]).long()
 
 
-def sampling_config(tokenizer, max_new_tokens):
-    """D2: every sampling option spelled out, so no model's generation_config.json can add top-k, top-p or penalties."""
+# the KV cache `generate` samples with, by device type (anything not listed: transformers' dynamic cache). The maths is
+# the same (fp32, pure sampling); a static cache lets transformers compile the decoding step (CUDA graphs), and
+# generation at the paper's shape is launch-bound on a GPU. CPU keeps the dynamic cache, so CPU runs stay as they were
+# bit for bit; tests/test_common.py checks that both caches draw the same tokens from the same RNG state on CPU.
+SAMPLER_CACHE = {"cuda": "static"}
+
+
+def sampling_config(tokenizer, max_new_tokens, cache_implementation=None):
+    """D2: every sampling option spelled out, so no model's generation_config.json can add top-k, top-p or penalties;
+    cache_implementation None is the dynamic cache, "static" a preallocated one (SAMPLER_CACHE) sized for the longest
+    prompt (the tokenizer's prompt length) so that its shape, and the compiled decoding step, is the same at every call."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
         do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens, min_new_tokens=0,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
         repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, use_cache=True,
+        cache_implementation=cache_implementation,
+        **({"max_cache_len": tokenizer.model_max_length + max_new_tokens} if cache_implementation == "static" else {}),
         remove_invalid_values=True,  # a diverged policy (nan logits) reaches the divergence check instead of crashing here
     )
 
@@ -425,8 +443,9 @@ def sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens):
     """D2: pure ancestral sampling (top_k 0, top_p 1, temperature 1), one continuation per row, stop at EOS.
 
     Returns (continuation ids [N, n], continuation mask [N, n]); tokens after the first EOS are pad with mask 0.
+    The KV cache is SAMPLER_CACHE's for the device (static on CUDA), the distribution the same.
     """
-    config = sampling_config(tokenizer, max_new_tokens)
+    config = sampling_config(tokenizer, max_new_tokens, SAMPLER_CACHE.get(prompt_ids.device.type))
     check_pure_sampling(policy, config)
     out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     continuation = out[:, prompt_ids.shape[1]:]

@@ -4,6 +4,7 @@ Table 1, the order comparison, one real invocation on the laptop model that writ
 model of tools/build_shape_model.py."""
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ def test_iteration_times_leave_out_the_first_iteration_and_the_evaluations():
 
 def synthetic(seconds, prompts, batch=16, rss=1000.0, offline=()):
     return {"seconds": seconds, "peak": {"rss_mib": rss}, "offline": list(offline), "prompts_per_iteration": prompts,
-            "batch_size": batch, "task": "cwc"}
+            "batch_size": batch, "task": "cwc", "first_iteration": 5.0, "sampler_cache": "dynamic"}
 
 
 def test_ratios_are_at_equal_prompts_beside_the_papers_table():
@@ -87,6 +88,7 @@ def test_a_real_invocation_writes_the_table(tmp_path, prompts_file):
     assert float(rows["sta_naive"]["ratio_to_naive"]) == 1.0
     assert float(rows["dpo"]["offline_data_s"]) > 0 and rows["sta_naive"]["offline_data_s"] == ""
     assert "--cg-damping" not in rows["dpo"]["script_flags"]
+    assert all(float(r["first_iteration_s"]) > 0 and r["sampler_cache"] == "dynamic" for r in rows.values())  # CPU's
     table = (out / "cost.md").read_text()
     assert "| sta_naive |" in table and "| dpo |" in table and "Measured on " in table
 
@@ -127,3 +129,28 @@ def test_the_shape_model_has_the_asked_body_and_the_laptop_vocabulary(tmp_path):
     continuation, mask = common.sample(policy, tokenizer, prompt_ids, prompt_mask, max_new_tokens=8)
     assert continuation.shape[0] == 2 and 1 <= continuation.shape[1] <= 8 and mask.sum() > 0 and int(continuation.max()) < len(laptop)
     assert all(isinstance(t, str) for t in common.decode_continuations(tokenizer, continuation, mask))
+
+
+def test_the_gpu_script_runs_end_to_end_on_the_cpu_at_a_tiny_shape(tmp_path):
+    """Issue 27: results/cost/run_bench_gpu.sh with SMOKE=1 (CPU, tiny shape) builds the model, checks the sampler
+    (the static cache draws the dynamic one's tokens on CPU; the bf16 mismatch is measured), times all ten methods with
+    the static cache forced, Naive STA with the dynamic one, and writes the break-even."""
+    import json
+
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(REPO / "results" / "cost" / "run_bench_gpu.sh"), str(out)], capture_output=True,
+                          text=True, env={**os.environ, "SMOKE": "1", "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sampler = json.loads((out / "sampler" / "sampler.json").read_text())
+    assert sampler["same_draws"]["identical_rows"] == sampler["same_draws"]["rows"] == 8  # B = 2, k = 4
+    assert set(sampler["seconds"]) == {"fp32 dynamic", "fp32 static", "bf16 dynamic", "bf16 static"}
+    assert not any("failed" in seconds for seconds in sampler["seconds"].values())
+    bf16 = sampler["bf16"]
+    assert bf16["tokens"] > 0 and 0 <= bf16["token_kl_median"] <= bf16["token_kl_max"] < 1
+    assert bf16["ratio_min"] <= bf16["ratio_p5"] <= bf16["ratio_p95"] <= bf16["ratio_max"]
+    with open(out / "all" / "cost.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(bench_cost.METHODS) and {r["sampler_cache"] for r in rows.values()} == {"static"}
+    with open(out / "naive-dynamic" / "cost.csv") as f:
+        assert [(r["method"], r["sampler_cache"]) for r in csv.DictReader(f)] == [("sta_naive", "dynamic")]
+    assert "| default | static |" in (out / "break-even.md").read_text() and (out / "log.txt").stat().st_size > 0

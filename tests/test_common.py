@@ -98,6 +98,45 @@ def test_rollout_resamples_ties_then_drops_them(lm, monkeypatch):
     assert len(calls) == 2 * 4 * (1 + 3)
 
 
+def test_static_cache_samples_the_same_tokens_as_the_dynamic_one(lm, monkeypatch):
+    """Issue 27: CUDA samples with a static KV cache (SAMPLER_CACHE). Forced on CPU, it draws exactly the dynamic
+    cache's tokens from the same RNG state, through a whole rollout with tie redraws, every call passes the D2 check
+    on the static config, and the cache has the same length at every call (one compiled shape per batch size)."""
+    from transformers.cache_utils import StaticCache
+
+    tokenizer, policy = lm
+    assert common.SAMPLER_CACHE == {"cuda": "static"}  # CPU keeps the dynamic cache: CPU runs unchanged
+
+    def draw():
+        torch.manual_seed(4)
+        return common.rollout(policy, tokenizer, PROMPTS, "cwc", 4, 30, "cpu")
+
+    dynamic = draw()
+    checked, caches = [], []
+    check, init = common.check_pure_sampling, StaticCache.__init__
+    monkeypatch.setattr(common, "check_pure_sampling", lambda p, config: checked.append(config.cache_implementation) or check(p, config))
+    monkeypatch.setattr(StaticCache, "__init__", lambda self, *a, **kw: caches.append(kw["max_cache_len"]) or init(self, *a, **kw))
+    monkeypatch.setitem(common.SAMPLER_CACHE, "cpu", "static")
+    static = draw()
+    assert dynamic.redraws == static.redraws > 0  # the redraw calls too
+    assert set(checked) == {"static"} and len(caches) == len(checked) >= 2  # a static cache in every generate call,
+    assert set(caches) == {tokenizer.model_max_length + 30}  # of one shape: the longest prompt and 30 new tokens
+    for field in ("input_ids", "attention_mask", "continuation_mask", "rewards", "chosen", "rejected", "keep"):
+        assert torch.equal(getattr(dynamic, field), getattr(static, field)), field
+    assert dynamic.continuation_texts == static.continuation_texts
+
+
+def test_cwc_tokenizes_each_prompt_once(monkeypatch):
+    """Issue 27: cwc's prompt penalty tokenizes a prompt once, not once per sample and redraw; the reward is the same."""
+    calls, word_tokens = [], common.word_tokens
+    monkeypatch.setattr(common, "word_tokens", lambda text: calls.append(text) or word_tokens(text))
+    common.prompt_words.cache_clear()
+    prompt = "Please provide one example of your data."
+    rewards = [common.oracle("cwc", prompt, y) for y in ("data help", "hope first", "code two", "data help")]
+    assert rewards == [-3.0, -2.0, -2.0, -3.0] and calls.count(prompt) == 1
+    assert common.oracle("cwc", "x", "data help") == 2.0
+
+
 # ---------------------------------------------------------------------------------------------------- sampling and log-probs
 def test_sampled_tokens_have_the_forward_pass_log_probs(lm):
     """SPEC §15.1 #1: pure sampling (D2) draws from π itself: generation-time log-probs = forward-pass log-probs."""

@@ -20,7 +20,13 @@ never read from the cache), as the seconds it took and the iterations' worth of 
 paper's Table 1 ratio on the task run and its range over the three tasks (its DPO read as offline DPO; iterated DPO,
 DRO-V and Total-GN are not in the paper). The last lines compare the two orderings.
 
---out DIR writes DIR/cost.md (the table, the command and the machine) and DIR/cost.csv (one row per method).
+The first iteration's seconds are reported apart (first_iteration_s: from the child's start, so loading, warm-up, the
+first evaluation and, on CUDA, compiling the static-cache sampler; the offline data set left out), with the KV cache the runs
+sampled with (common.SAMPLER_CACHE: static on CUDA, dynamic on CPU; BENCH_SAMPLER_CACHE=dynamic or static in the
+environment sets it for every device, as for the break-even in results/cost/run_bench_gpu.sh).
+
+--out DIR writes DIR/cost.md (the table, the command and the machine) and DIR/cost.csv (one row per method),
+rewritten after every method's run: a call stopped by a time limit leaves the methods it finished.
 """
 
 import argparse
@@ -45,7 +51,7 @@ from results import PAPER_SECONDS  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["method", "script_flags", "timed_iterations", "s_per_iteration", "s_per_iteration_std", "cpu_s_per_iteration",
            "prompts_per_iteration", "s_per_batch", "ratio_to_naive", "cpu_ratio_to_naive", "paper_ratio", "paper_ratio_min",
-           "paper_ratio_max", "peak_rss_mib", "peak_cuda_mib", "offline_data_s", "offline_data_iterations"]
+           "paper_ratio_max", "peak_rss_mib", "peak_cuda_mib", "offline_data_s", "offline_data_iterations", "first_iteration_s", "sampler_cache"]
 
 
 @functools.cache
@@ -75,8 +81,12 @@ def flags_for(flags, options):
 def measurement(report, rows, config):
     """One run's timings: the child's report (its marks give the timed iterations, see bench_total.run), the run's metrics
     rows and config.json."""
-    last = rows[-1]
+    last, first = rows[-1], report["marks"][0]
+    offline = sum(w for w, _ in report.get("offline", []))
+    device = config["args"]["device"]
+    kind = ("cuda" if config["history"][0]["gpu"] else "cpu") if device == "auto" else device.split(":")[0]
     return {"seconds": report["seconds"], "peak": report["peak"], "offline": report.get("offline", []),
+            "first_iteration": first[0] - report["started"] - offline, "sampler_cache": report["sampler_cache"].get(kind) or "dynamic",
             "prompts_per_iteration": float(last["prompts_seen"]) / float(last["iteration"]),
             "batch_size": config["args"]["batch_size"], "task": config["args"]["task"], "environment": config["history"][0]}
 
@@ -96,7 +106,9 @@ def summarise(measured, task):
                "s_per_batch": statistics.mean(wall) * batch / prompts, "cpu_s_per_batch": statistics.mean(cpu) * batch / prompts,
                "peak_rss_mib": max(m["peak"]["rss_mib"] for m in runs),
                "peak_cuda_mib": max((m["peak"]["cuda_mib"] for m in runs if "cuda_mib" in m["peak"]), default=None),
-               "offline_data_s": statistics.mean(offline) if offline else None}
+               "offline_data_s": statistics.mean(offline) if offline else None,
+               "first_iteration_s": statistics.mean(m["first_iteration"] for m in runs),
+               "sampler_cache": runs[0]["sampler_cache"]}
         row["offline_data_iterations"] = row["offline_data_s"] / row["s_per_iteration"] if offline else None
         paper = {t: seconds[method] / seconds["sta_naive"] for t, seconds in PAPER_SECONDS.items() if method in seconds}
         row["paper_ratio"] = paper.get(task)
@@ -138,11 +150,12 @@ def machine(environment):
 
 def markdown(rows, task, command, dropped, where):
     cuda = any(r["peak_cuda_mib"] is not None for r in rows)
-    lines = [f"`{command}`", "", f"Measured on {where}.", ""]
+    caches = ", ".join(sorted({r["sampler_cache"] for r in rows}))
+    lines = [f"`{command}`", "", f"Measured on {where}; sampling with the {caches} KV cache.", ""]
     left_out = [f"- {script}: left out {' '.join(words)} (not among its flags)" for script, words in dropped.items() if words]
     lines += [*left_out, *([""] if left_out else []), f"| method | s / iteration (wall) | CPU s / iteration | prompts / iteration | s / B prompts | × Naive (wall, CPU) "
-              f"| paper × Naive ({task}; range) | peak RSS MiB |" + (" peak CUDA MiB |" if cuda else "") + " offline data s (iterations) |",
-              "|---" * (9 + cuda) + "|"]
+              f"| paper × Naive ({task}; range) | peak RSS MiB |" + (" peak CUDA MiB |" if cuda else "") + " offline data s (iterations) "
+              "| first iteration s |", "|---" * (10 + cuda) + "|"]
     for r in rows:
         paper = "–" if r["paper_ratio_max"] is None else (
             f"{fmt(r['paper_ratio'])} ({fmt(r['paper_ratio_min'])}–{fmt(r['paper_ratio_max'])})")
@@ -150,7 +163,7 @@ def markdown(rows, task, command, dropped, where):
         lines.append(f"| {r['method']} | {r['s_per_iteration']:.3f} ± {r['s_per_iteration_std']:.3f} (n {r['timed_iterations']}) "
                      f"| {r['cpu_s_per_iteration']:.3f} | {r['prompts_per_iteration']:g} | {r['s_per_batch']:.3f} "
                      f"| **{fmt(r['ratio_to_naive'])}**, {fmt(r['cpu_ratio_to_naive'])} | {paper} | {r['peak_rss_mib']:.0f} |"
-                     + (f" {fmt(r['peak_cuda_mib'], 0)} |" if cuda else "") + f" {offline} |")
+                     + (f" {fmt(r['peak_cuda_mib'], 0)} |" if cuda else "") + f" {offline} | {r['first_iteration_s']:.1f} |")
     compared = [r for r in rows if r["paper_ratio"] is not None and r["ratio_to_naive"] is not None]
     if compared:
         def order(key):  # ties (the paper's cwc row gives Simultaneous and PARL the same seconds) joined by "="
@@ -210,22 +223,32 @@ def main(argv=None):
                 print(f"{method} round {r}: {statistics.mean(w for w, _ in seconds):.3f} s/iteration wall, "
                       f"{statistics.mean(c for _, c in seconds):.3f} CPU, {len(seconds)} timed; peak "
                       + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak.items()), flush=True)
+                if cli.out:  # the table so far, so that a call stopped by a time limit keeps the methods it finished
+                    write(cli.out, *tables({m: runs for m, runs in measured.items() if runs}, commands, dropped, argv))
+    rows, table = tables(measured, commands, dropped, argv)
+    print("\n" + table)
+    if cli.out:
+        write(cli.out, rows, table)
+        print(f"wrote {cli.out / 'cost.md'} and {cli.out / 'cost.csv'}")
+
+
+def tables(measured, commands, dropped, argv):
+    """(the summary rows, the markdown table) of the methods measured."""
     task = next(iter(measured.values()))[0]["task"]
     rows = summarise(measured, task)
     for row in rows:
         row["script_flags"] = " ".join([METHODS[row["method"]][0], *commands[row["method"]]])
     command = "python tools/bench_cost.py " + shlex.join(argv)
-    table = markdown(rows, task, command, dropped, machine(next(iter(measured.values()))[0]["environment"]))
-    print("\n" + table)
-    if cli.out:
-        cli.out.mkdir(parents=True, exist_ok=True)
-        (cli.out / "cost.md").write_text(table)
-        with open(cli.out / "cost.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {cli.out / 'cost.md'} and {cli.out / 'cost.csv'}")
+    return rows, markdown(rows, task, command, dropped, machine(next(iter(measured.values()))[0]["environment"]))
 
+
+def write(out, rows, table):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cost.md").write_text(table)
+    with open(out / "cost.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 if __name__ == "__main__":
     main()

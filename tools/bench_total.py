@@ -29,7 +29,8 @@ matrix-free Gauss-Newton products to --cg-tol, the alternative to the pair-space
 ratio of the implicit parts ∇_θ (1/|C|) Σ_i c_i score_i (eq. 19-26) of Gauss-Newton against exact, the breakdowns, and
 the CPU seconds of each solve. Timing and the other modes take --curvature gauss-newton like any sta_total.py flag.
 
-Profile: `--profile` runs each script once with every common.* call (rollout, RM scores, log-probs, CG, HVPs), every
+Profile: `--profile` runs each script once with every common.* call (rollout and, inside it, each generate call
+(common.sample) and oracle call; RM scores, log-probs, CG, HVPs), every
 autograd pass (by the script line that asks for it) and every optimizer step timed, and prints ms per iteration.
 """
 
@@ -47,9 +48,15 @@ REPO = Path(__file__).resolve().parents[1]
 # runs one script in this child process, timing each outer iteration (wall and CPU time, at the end of each
 # iteration), then reports the timings and the peak memory on its last line
 CHILD = """
-import json, os, resource, runpy, sys, time, torch
+import time
+started = time.perf_counter()
+import json, os, resource, runpy, sys, torch
 import common
 marks, errors, end_iteration = [], [], common.Run.end_iteration
+if os.environ.get("BENCH_SAMPLER_CACHE"):  # the KV cache to sample with on every device: dynamic or static (issue 27)
+    cache = os.environ["BENCH_SAMPLER_CACHE"]
+    assert cache in ("dynamic", "static"), f"BENCH_SAMPLER_CACHE={cache}: dynamic or static"
+    common.SAMPLER_CACHE.update(cpu=None if cache == "dynamic" else cache, cuda=None if cache == "dynamic" else cache)
 if os.environ.get("BENCH_CG_REFERENCE"):  # --tolerance: compare each solve with a tight one of the same system
     solve = common.conjugate_gradient
     def checked_solve(matvec, b, iterations=10, damping=0.0, tol=1e-10):
@@ -168,7 +175,8 @@ if os.environ.get("BENCH_PROFILE"):  # --profile: time every common call, autogr
         if where == "common.py":
             return f"common.{frame.f_code.co_name}: autograd"
         return f"{where}:{frame.f_lineno} " + linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()[:70]
-    for name in ("rollout", "reward_model_scores", "continuation_logprobs", "conjugate_gradient", "hessian_vector_product"):
+    for name in ("rollout", "sample", "oracle", "reward_model_scores", "continuation_logprobs", "conjugate_gradient",
+                 "hessian_vector_product"):  # sample and oracle: inside rollout (its generate calls, its rankings)
         setattr(common, name, timed(lambda name=name: f"common.{name}", getattr(common, name)))
     torch.autograd.grad = timed(call_site, torch.autograd.grad)
     torch.Tensor.backward = timed(call_site, torch.Tensor.backward)
@@ -218,7 +226,7 @@ peak = {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if torch.cuda.is_available():
     peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
 print("bench " + json.dumps({"marks": marks, "peak": peak, "offline": offline, "errors": errors, "profile": profile,
-                            "compare": compare}))
+                            "compare": compare, "started": started, "sampler_cache": dict(common.SAMPLER_CACHE)}))
 """
 
 
