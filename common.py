@@ -793,15 +793,15 @@ def checkpoint_dir(run_dir):
     """The newest complete checkpoint of a run folder (a path), or None. Run.save_checkpoint writes checkpoint.tmp/
     with complete.json (its counters) last, then swaps it in by two renames, keeping the checkpoint it replaces as
     checkpoint.old/ until then; so a process killed at any step leaves the newest complete one in one of the three.
-    checkpoint/ of a run written before complete.json existed counts too: only a finished write was renamed to it.
-    --resume and tools/grid.py decide by this."""
+    Runs written before complete.json existed: their checkpoint/, else their checkpoint.old/, counts (only a finished
+    write was renamed to either; a kill between the renames left the old one). --resume and tools/grid.py go by this."""
     found = []
     for rank, name in enumerate(["checkpoint.old", "checkpoint.tmp", "checkpoint"]):  # on equal iterations the last
         path = Path(run_dir) / name
         try:
             iteration = json.loads((path / "complete.json").read_text())["iteration"]
         except (OSError, ValueError, KeyError, TypeError):
-            iteration = -1 if name == "checkpoint" and (path / "state.pt").exists() else None
+            iteration = -1 if name != "checkpoint.tmp" and (path / "state.pt").exists() else None
         if iteration is not None:
             found.append((iteration, rank, path))
     return max(found)[2] if found else None

@@ -555,6 +555,16 @@ def test_a_kill_at_any_step_of_a_checkpoint_resumes_from_the_last_complete_one(t
             assert [int(r["iteration"]) for r in resumed.rows] == list(range(expected + 1)), what
             assert sorted(p.name for p in run_dir.glob("checkpoint*")) == ["checkpoint"], what
             release(resumed)
+    # a run checkpointed before complete.json existed, killed between the two renames: resumes from checkpoint.old/
+    run, at_1 = _run_with_checkpoint(make, "legacy", model, optimizer)
+    release(run)
+    (tmp_path / "legacy" / "checkpoint" / "complete.json").unlink()
+    (tmp_path / "legacy" / "checkpoint").rename(tmp_path / "legacy" / "checkpoint.old")
+    (tmp_path / "legacy" / "checkpoint.tmp").mkdir()
+    (tmp_path / "legacy" / "checkpoint.tmp" / "state.pt").write_bytes(b"half")
+    resumed = make(run_name="legacy", resume=str(tmp_path / "legacy"))
+    assert resumed.start_or_resume({"m": model}, {"m": optimizer})["iteration"] == 1
+    assert all(torch.equal(model.state_dict()[k], at_1[k]) for k in at_1)
 
 
 def _one_line_exit(capsys, code, make, **args):
