@@ -807,6 +807,11 @@ def checkpoint_dir(run_dir):
     return max(found)[2] if found else None
 
 
+def _first_line(error):
+    """An exception in a few words, for a one-line error (torch's and safetensors' messages run over many lines)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 def _remove_checkpoint(path):
     """complete.json first, so a process killed half-way through leaves no folder that looks complete."""
     (path / "complete.json").unlink(missing_ok=True)
@@ -842,7 +847,7 @@ class Run:
             try:
                 self.resume_state = torch.load(checkpoint / "state.pt", weights_only=True)  # tensors and numbers only: no pickle of objects
             except Exception as error:  # a truncated or damaged file: torch says so in many ways
-                fail(f"--resume {args.resume}: {checkpoint / 'state.pt'} is damaged ({str(error).splitlines()[0][:200]}); "
+                fail(f"--resume {args.resume}: {checkpoint / 'state.pt'} is damaged ({_first_line(error)}); "
                      f"the run cannot continue from it: start it again under another --run-name")
             done = self.resume_state["counters"]["iteration"]
             if args.iterations < done:
@@ -1029,7 +1034,7 @@ class Run:
             try:
                 load_model(model, ckpt / f"{name}.safetensors")
             except Exception as error:  # a truncated or damaged file
-                fail(f"--resume {self.dir}: {ckpt / f'{name}.safetensors'} is damaged ({str(error).splitlines()[0][:200]}); "
+                fail(f"--resume {self.dir}: {ckpt / f'{name}.safetensors'} is damaged ({_first_line(error)}); "
                      f"the run cannot continue from it: start it again under another --run-name")
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
