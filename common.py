@@ -10,6 +10,7 @@
 - run plumbing: argument parsing with the `--laptop` preset, seeding, `runs/<name>/` with config, metrics, samples.
 """
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -26,6 +27,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+try:
+    import fcntl  # the run folder's lock (Run._lock); Windows has none
+except ImportError:
+    fcntl = None
 
 import torch
 import torch.nn.functional as F
@@ -676,7 +682,11 @@ def parse_args(Args, laptop_overrides):
         config = Path(resume) / "config.json"
         if not config.exists():
             fail(f"--resume {resume}: not a run directory (no config.json)")
-        config = json.loads(config.read_text())
+        try:
+            config = json.loads(config.read_text())
+        except ValueError as error:
+            fail(f"--resume {resume}: {config} is damaged ({error}); the run cannot be resumed without it: start it "
+                 f"again under another --run-name")
         written_by = config.get("script", f"{config['algo']}.py")  # runs from before the "script" field: algo = script
         if written_by != script:
             fail(f"--resume {resume}: that run was written by {written_by}, not {script}: "
@@ -798,23 +808,71 @@ def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def checkpoint_dir(run_dir):
+    """The newest complete checkpoint of a run folder (a path), or None. Run.save_checkpoint writes checkpoint.tmp/
+    with complete.json (its counters) last, then swaps it in by two renames, keeping the checkpoint it replaces as
+    checkpoint.old/ until then; so a process killed at any step leaves the newest complete one in one of the three.
+    Runs written before complete.json existed: their checkpoint/, else their checkpoint.old/, counts (only a finished
+    write was renamed to either; a kill between the renames left the old one). --resume and tools/grid.py go by this."""
+    found = []
+    for rank, name in enumerate(["checkpoint.old", "checkpoint.tmp", "checkpoint"]):  # on equal iterations the last
+        path = Path(run_dir) / name
+        try:
+            iteration = json.loads((path / "complete.json").read_text())["iteration"]
+        except (OSError, ValueError, KeyError, TypeError):
+            iteration = -1 if name != "checkpoint.tmp" and (path / "state.pt").exists() else None
+        if iteration is not None:
+            found.append((iteration, rank, path))
+    return max(found)[2] if found else None
+
+
+def _first_line(error):
+    """An exception in a few words, for a one-line error (torch's and safetensors' messages run over many lines)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _remove_checkpoint(path):
+    """complete.json first, so a process killed half-way through leaves no folder that looks complete."""
+    (path / "complete.json").unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class Run:
     """runs/{task}__{algo}__{seed}__{unix_time}/ (or --run-name): config.json, metrics.csv (one row an iteration,
     flushed as written), samples.jsonl, checkpoint/ (--save-every, Ctrl-C, SIGTERM) and policy/ (final weights).
 
     config.json holds the script, the algorithm, the latest arguments, the status (running, interrupted, diverged,
-    finished; a crashed run stays "running") and the history: start, every resume with the iteration it came in at,
+    failed: a write failed, e.g. a full disk; finished; a crashed run stays "running") and the history: start, every resume with the iteration it came in at,
     its overriding flags and its machine, every stop. Ctrl-C and SIGTERM (what Slurm, Kubernetes and `timeout` send)
     finish the current iteration, checkpoint and exit (130, 143) with the resume command. Optional tracking: --track
-    streams rows and config to Weights & Biases, --tensorboard writes event files; metrics.csv stays the record."""
+    streams rows and config to Weights & Biases, --tensorboard writes event files; metrics.csv stays the record.
+    One process at a time works in a run folder (the lock file, held while the process lives)."""
 
     def __init__(self, args, algo):
         self.algo, self.script = algo, Path(sys.argv[0]).name
         if args.resume:
             self.dir = Path(args.resume)
-            if not (self.dir / "checkpoint" / "state.pt").exists():
+            self._lock()
+            self.config = json.loads((self.dir / "config.json").read_text())  # parse_args read it: valid JSON
+            checkpoint = checkpoint_dir(self.dir)
+            finished = [e["iteration"] for e in self.config.get("history", []) if e["event"] == "finished"]
+            finished = finished[-1] if finished else self.config["args"].get("iterations", 0)
+            if self.config.get("status") == "finished" and args.iterations <= finished:
+                fail(f"--resume {args.resume}: the run is finished after {finished} iterations; " + (
+                     f"pass --iterations above {finished} to train it further" if checkpoint else
+                     "it has no checkpoint to extend (runs save one with --save-every N): start a new run"))
+            if checkpoint is None:
                 fail(f"--resume {args.resume}: no checkpoint there (runs save one with --save-every N, on Ctrl-C and on SIGTERM)")
-            self.config = json.loads((self.dir / "config.json").read_text())
+            try:
+                self.resume_state = torch.load(checkpoint / "state.pt", weights_only=True)  # tensors and numbers only: no pickle of objects
+            except Exception as error:  # a truncated or damaged file: torch says so in many ways
+                fail(f"--resume {args.resume}: {checkpoint / 'state.pt'} is damaged ({_first_line(error)}); "
+                     f"the run cannot continue from it: start it again under another --run-name")
+            done = self.resume_state["counters"]["iteration"]
+            if args.iterations < done:
+                fail(f"--iterations {args.iterations} is below the {done} iterations the run's checkpoint has done: "
+                     f"pass at least {done}")
+            self._recover(checkpoint)
             old = self.config["args"]
             new = json.loads(json.dumps(dataclasses.asdict(args), default=str))
             self.overrides = {k: [old.get(k), v] for k, v in new.items() if k != "resume" and old.get(k) != v}
@@ -826,6 +884,7 @@ class Run:
             if self.dir.exists():
                 fail(f"run directory {self.dir} already exists: pass another --run-name, or --resume {self.dir} to continue it")
             self.dir.mkdir(parents=True)
+            self._lock()
             self.config = {"algo": algo, "script": self.script, "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),
                            "status": "running", "history": [{"event": "start", "iteration": 0, "time": _now(), **_environment(args)}]}
             self._write_config()
@@ -850,6 +909,67 @@ class Run:
 
             self.tensorboard = SummaryWriter(str(self.dir))
             self.tensorboard.add_text("config", f"```\n{json.dumps(self.config, indent=2)}\n```")
+
+    def _lock(self):
+        """One process per run folder: an exclusive lock on DIR/lock, which the kernel drops when the process ends
+        (kill -9 included), so a second process refuses instead of interleaving its rows with the first's."""
+        if fcntl is None:
+            return
+        self.lock = open(self.dir / "lock", "a+")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock.seek(0)
+            fail(f"{self.dir} is in use by another process (pid {self.lock.read().strip() or '?'}): wait for it to end "
+                 f"or stop it, then resume")
+        self.lock.truncate(0)
+        self.lock.write(f"{os.getpid()}\n")
+        self.lock.flush()
+
+    def _recover(self, checkpoint):
+        """Make the newest complete checkpoint (checkpoint_dir) checkpoint/ again, by the renames save_checkpoint
+        would have finished with, and remove the others (incomplete or older); a kill during this leaves the same
+        choice for the next --resume."""
+        tmp, old = self.dir / "checkpoint.tmp", self.dir / "checkpoint.old"
+        if checkpoint.name == "checkpoint.old":
+            _remove_checkpoint(tmp)
+            checkpoint.rename(tmp)
+        if checkpoint.name != "checkpoint":
+            self._swap_in()
+        _remove_checkpoint(tmp)
+        _remove_checkpoint(old)
+
+    def _swap_in(self):
+        """The complete checkpoint.tmp/ becomes checkpoint/; the one it replaces is checkpoint.old/ until then."""
+        final, tmp, old = self.dir / "checkpoint", self.dir / "checkpoint.tmp", self.dir / "checkpoint.old"
+        _remove_checkpoint(old)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        _remove_checkpoint(old)
+
+    @contextlib.contextmanager
+    def _writing(self, what, iteration):
+        """A write that fails (a full disk, a quota) ends the run with one line and exit code 1, status "failed" with
+        the reason; the last complete checkpoint stays as it was."""
+        try:
+            yield
+        except OSError as error:
+            self._drop_partial_checkpoint()  # frees the space it took
+            reason = f"writing {what} failed at iteration {iteration}: {error}"
+            try:
+                self._event("failed", iteration, "failed", reason=reason)
+            except OSError:
+                reason += " (config.json could not be updated either)"
+            self._close_trackers(1)
+            checkpoint = checkpoint_dir(self.dir)
+            _stop(f"error: {reason}; " + (f"free the space and resume with: python {self.script} --resume {self.dir}"
+                                         if checkpoint else "there is no checkpoint to resume from"), 1)
+
+    def _drop_partial_checkpoint(self):
+        tmp = self.dir / "checkpoint.tmp"
+        if not (tmp / "complete.json").exists():
+            _remove_checkpoint(tmp)
 
     def _write_config(self):
         tmp = self.dir / "config.json.tmp"
@@ -882,12 +1002,13 @@ class Run:
         row = {"wall_time": round(self.wall_offset + time.time() - self.start, 3), **row}
         self.rows.append(row)
         path = self.dir / "metrics.csv"
-        if any(key not in self.columns for key in row):
-            self.columns += [key for key in row if key not in self.columns]
-            self._rewrite()
-        else:
-            with open(path, "a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(row)
+        with self._writing(path.name, row.get("iteration")):
+            if any(key not in self.columns for key in row):
+                self.columns += [key for key in row if key not in self.columns]
+                self._rewrite()
+            else:
+                with open(path, "a", newline="") as f:
+                    csv.DictWriter(f, self.columns).writerow(row)
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         if self.wandb:
             self.wandb.log(numbers)
@@ -906,9 +1027,15 @@ class Run:
         tmp.replace(path)
 
     def samples(self, iteration, samples):
-        with open(self.dir / "samples.jsonl", "a") as f:
+        with self._writing("samples.jsonl", iteration), open(self.dir / "samples.jsonl", "a") as f:
             for s in samples:
                 f.write(json.dumps({"iteration": iteration, **s}) + "\n")
+
+    def last_evaluation(self):
+        """{"reward", "kl"} of the latest evaluation in the metrics (NaN before the first): what a run that is
+        resumed and evaluates no more reports."""
+        rows = [r for r in self.rows if r.get("eval/reward") not in (None, "")]
+        return {k: float(rows[-1][f"eval/{k}"]) if rows else float("nan") for k in ("reward", "kl")}
 
     def start_or_resume(self, models, optimizers):
         """Counters of a fresh run, or those of the checkpoint with every model, optimizer and RNG state restored;
@@ -916,14 +1043,18 @@ class Run:
 
         Counters: iteration; prompts_seen, training prompts consumed (D18's x-axis); pairs_queried, preference queries
         to the oracle (rankings of a prompt's k samples, tie redraws included); pairs_kept, pairs trained on."""
-        if not (self.dir / "checkpoint" / "state.pt").exists():
+        if not self.args.resume:
             return {"iteration": 0, "prompts_seen": 0, "pairs_queried": 0, "pairs_kept": 0}
         from safetensors.torch import load_model
 
         ckpt = self.dir / "checkpoint"
-        state = torch.load(ckpt / "state.pt", weights_only=True)  # tensors and numbers only: no pickle of objects
+        state = self.resume_state  # read by __init__, before anything was written
         for name, model in models.items():
-            load_model(model, ckpt / f"{name}.safetensors")
+            try:
+                load_model(model, ckpt / f"{name}.safetensors")
+            except Exception as error:  # a truncated or damaged file
+                fail(f"--resume {self.dir}: {ckpt / f'{name}.safetensors'} is damaged ({_first_line(error)}); "
+                     f"the run cannot continue from it: start it again under another --run-name")
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         torch.set_rng_state(state["rng"]["torch"])
@@ -931,8 +1062,17 @@ class Run:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         random.setstate((state["rng"]["python"][0], tuple(state["rng"]["python"][1]), state["rng"]["python"][2]))
         counters = state["counters"]
-        with open(self.dir / "metrics.csv", newline="") as f:
-            self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= counters["iteration"]]
+        text = (self.dir / "metrics.csv").read_text() if (self.dir / "metrics.csv").exists() else ""
+        if not text.endswith("\n"):  # a row cut by a killed process: it is after the checkpoint, which is dropped
+            text = text[: text.rfind("\n") + 1]
+        try:
+            self.rows = [r for r in csv.DictReader(text.splitlines()) if int(r["iteration"]) <= counters["iteration"]]
+            if any(None in r or None in r.values() for r in self.rows) or (  # a row with missing or extra fields
+                    self.rows and self.rows[-1]["iteration"] != str(counters["iteration"])):  # or the checkpoint's row lost
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            fail(f"--resume {self.dir}: {self.dir / 'metrics.csv'} is damaged (its rows up to the checkpoint's iteration "
+                 f"{counters['iteration']} do not read back): the run cannot continue from it: start it again under another --run-name")
         self.columns = list(self.rows[0].keys()) if self.rows else []
         self.wall_offset = float(self.rows[-1]["wall_time"]) if self.rows else 0.0
         self._rewrite()
@@ -946,25 +1086,24 @@ class Run:
         return counters
 
     def save_checkpoint(self, models, optimizers, counters):
-        """Weights as safetensors, optimizer and RNG states as tensors; written beside the old checkpoint and swapped
-        in by renames, so a crash while saving leaves the previous checkpoint usable."""
+        """Weights as safetensors, optimizer and RNG states as tensors, written to checkpoint.tmp/ with complete.json
+        last and swapped in by renames (_swap_in): a process killed at any step leaves a complete checkpoint, the new
+        one or the previous one, that --resume finds (checkpoint_dir). A failed write ends the run (_writing)."""
         from safetensors.torch import save_model
 
-        final, tmp, old = self.dir / "checkpoint", self.dir / "checkpoint.tmp", self.dir / "checkpoint.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, model in models.items():
-            save_model(model, tmp / f"{name}.safetensors")
-        python_rng = random.getstate()
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-               "python": [python_rng[0], list(python_rng[1]), python_rng[2]]}
-        state = {"counters": dict(counters), "rng": rng, "optimizers": {n: o.state_dict() for n, o in optimizers.items()}}
-        torch.save(state, tmp / "state.pt")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        tmp = self.dir / "checkpoint.tmp"
+        with self._writing("the checkpoint", counters["iteration"]):
+            _remove_checkpoint(tmp)
+            tmp.mkdir()
+            for name, model in models.items():
+                save_model(model, tmp / f"{name}.safetensors")
+            python_rng = random.getstate()
+            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                   "python": [python_rng[0], list(python_rng[1]), python_rng[2]]}
+            state = {"counters": dict(counters), "rng": rng, "optimizers": {n: o.state_dict() for n, o in optimizers.items()}}
+            torch.save(state, tmp / "state.pt")
+            (tmp / "complete.json").write_text(json.dumps(dict(counters)) + "\n")  # last: tmp/ is now complete
+            self._swap_in()
 
     def _close_trackers(self, exit_code=0):
         if self.wandb:
@@ -981,9 +1120,17 @@ class Run:
             self._close_trackers(3)
             _stop(f"diverged at iteration {counters['iteration']}: {', '.join(f'{k} = {row[k]}' for k in bad)}; "
                   f"metrics up to the previous iteration are in {self.dir}", 3)
-        self.log(row)
-        if self.stop_requested or (args.save_every and counters["iteration"] % args.save_every == 0):
-            self.save_checkpoint(models, optimizers, counters)
+        try:
+            self.log(row)
+            if self.stop_requested or (args.save_every and counters["iteration"] % args.save_every == 0):
+                self.save_checkpoint(models, optimizers, counters)
+        except KeyboardInterrupt:  # a second Ctrl-C while writing: the last complete checkpoint is the one to resume
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._drop_partial_checkpoint()
+            self._event("interrupted", counters["iteration"], "interrupted", signal="SIGINT", aborted="while writing")
+            self._close_trackers(130)
+            _stop(f"aborted while writing iteration {counters['iteration']}; resume from the last complete checkpoint "
+                  f"with: python {script}.py --resume {self.dir}", 130)
         if self.stop_requested:
             code = 130 if self.stop_requested == "SIGINT" else 143
             self._event("interrupted", counters["iteration"], "interrupted", signal=self.stop_requested)
@@ -992,8 +1139,9 @@ class Run:
 
     def finish(self, policy, tokenizer, counters):
         """Final weights in a form `from_pretrained` loads; the run is marked finished."""
-        policy.save_pretrained(self.dir / "policy")
-        tokenizer.save_pretrained(self.dir / "policy")
+        with self._writing("the final weights", counters["iteration"]):
+            policy.save_pretrained(self.dir / "policy")
+            tokenizer.save_pretrained(self.dir / "policy")
         self._event("finished", counters["iteration"], "finished", wall_time=float(self.rows[-1]["wall_time"]) if self.rows else 0.0)
         self._close_trackers()
 

@@ -110,7 +110,7 @@ if __name__ == "__main__":
         if counters["iteration"] == 0:  # every oracle query of the offline data was made before training
             counters["pairs_queried"] = offline["stats"]["pairs_queried"]
     batches = common.prompt_batches(train_prompts, args.batch_size, args.seed, skip=counters["prompts_seen"] // args.batch_size)
-    evaluation = {"reward": float("nan"), "kl": float("nan")}
+    evaluation = run.last_evaluation()
     if counters["iteration"] == 0:
         evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                      args.eval_batch_size, args.seed, args.device)

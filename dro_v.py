@@ -123,7 +123,7 @@ if __name__ == "__main__":
     run.record("offline_data", {**offline["stats"], "normalised_by": [reward_mean, reward_std]})
     k = args.samples_per_prompt
     batches = common.prompt_batches(train_prompts, args.batch_size, args.seed, skip=counters["prompts_seen"] // args.batch_size)
-    evaluation = {"reward": float("nan"), "kl": float("nan")}
+    evaluation = run.last_evaluation()
     if counters["iteration"] == 0:
         evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                      args.eval_batch_size, args.seed, args.device)

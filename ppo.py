@@ -170,7 +170,7 @@ if __name__ == "__main__":
     optimizers = {"policy": policy_optimizer, "critic": critic_optimizer}
     counters = run.start_or_resume(models, optimizers)
     batches = common.prompt_batches(train_prompts, args.batch_size, args.seed, skip=counters["prompts_seen"] // args.batch_size)
-    evaluation = {"reward": float("nan"), "kl": float("nan")}
+    evaluation = run.last_evaluation()
     if counters["iteration"] == 0:
         evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                      args.eval_batch_size, args.seed, args.device)

@@ -4,6 +4,7 @@ tracking. Bad input of this kind is in test_robustness.test_bad_input_is_one_lin
 
 import importlib.machinery
 import importlib.util
+import dataclasses
 import itertools
 import json
 import runpy
@@ -416,3 +417,297 @@ def test_track_and_tensorboard_stream_every_row_and_the_config(tmp_path, prompts
     assert {(k, step) for k, _, step in calls["scalars"]} >= {("eval/reward", 0), ("prompts_seen", 1), ("eval/reward", 2)}
     assert config(tmp_path / "tracked")["wandb_id"] == "abc123"
     assert [int(r["iteration"]) for r in read_metrics(tmp_path / "tracked")] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------- faults while writing
+@dataclasses.dataclass
+class RunArgs:
+    """The fields common.Run reads, for runs made in this process (the scripts' Args have these and more)."""
+    output_dir: str = ""
+    run_name: str = "r"
+    resume: str = ""
+    task: str = "wc"
+    seed: int = 1
+    iterations: int = 4
+    save_every: int = 1
+    device: str = "cpu"
+
+
+@pytest.fixture
+def in_process_run(tmp_path):
+    """make(**args) -> a common.Run in tmp_path; release(run) ends its hold on the folder as its process's end would.
+    Run installs its own SIGINT and SIGTERM handlers: pytest's come back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    made = []
+
+    def make(**args):
+        run = common.Run(RunArgs(**{"output_dir": str(tmp_path), **args}), "sta_naive")
+        made.append(run)
+        return run
+
+    def release(run):
+        if hasattr(run, "lock"):  # no lock on Windows
+            run.lock.close()
+
+    yield make, release
+    for run in made:
+        release(run)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _run_with_checkpoint(make, name, model, optimizer):
+    """A run with rows for iterations 0-2 and a checkpoint at 1 (model's weights then), then changed weights: the
+    state of a run about to checkpoint iteration 2. Returns (run, the weights at 1)."""
+    run = make(run_name=name)
+    run.start_or_resume({"m": model}, {"m": optimizer})
+    for i in (0, 1):
+        run.log({"iteration": i, "eval/reward": 0.5 + i})
+    run.save_checkpoint({"m": model}, {"m": optimizer}, {"iteration": 1})
+    saved = _weights(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    run.log({"iteration": 2, "eval/reward": 2.5})
+    return run, saved
+
+
+class Killed(BaseException):
+    """What a kill -9 leaves: the process stops at that step, and nothing of it catches or cleans up."""
+
+
+def _kill_at(monkeypatch, step):
+    """Count every file write, rename and removal a checkpoint makes (the functions it calls for them); the step-th
+    one (from 0) raises Killed before it happens (step -1: none does). Returns the list of steps taken so far, as
+    "function path" strings."""
+    import safetensors.torch
+
+    taken = []
+
+    def wrap(owner, name):
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            if len(taken) == step:
+                raise Killed
+            path = Path(args[1] if name in ("save", "save_model") else args[0])
+            taken.append(f"{name} {path.parent.name}/{path.name}")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+    for owner, name in ((shutil, "rmtree"), (Path, "rename"), (Path, "unlink"), (Path, "mkdir"), (Path, "write_text"),
+                        (torch, "save"), (safetensors.torch, "save_model")):
+        wrap(owner, name)
+    return taken
+
+
+def test_a_kill_at_any_step_of_a_checkpoint_resumes_from_the_last_complete_one(tmp_path, in_process_run, monkeypatch):
+    """Issue 24.1: a process killed before each write, rename and removal of save_checkpoint in turn, and then again
+    before each step of the recovery that --resume makes, leaves a run that resumes from the last complete checkpoint:
+    the new one once its complete.json is written, else the previous one, with its weights, counters and rows; and
+    tools/grid.py sees a checkpoint to resume in every one of these states."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import grid
+
+    make, release = in_process_run
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    run, _ = _run_with_checkpoint(make, "count", model, optimizer)
+    with monkeypatch.context() as patch:
+        steps = _kill_at(patch, -1)
+        run.save_checkpoint({"m": model}, {"m": optimizer}, {"iteration": 2})
+    complete_at = steps.index("write_text checkpoint.tmp/complete.json")
+    assert len(steps) >= 10 and any(s.startswith("rename") for s in steps[complete_at:]), steps
+    for step in range(len(steps)):
+        for recovery_step in itertools.count(-1):
+            name = f"s{step}r{recovery_step}"
+            model = torch.nn.Linear(3, 2)
+            optimizer = torch.optim.AdamW(model.parameters())
+            run, at_1 = _run_with_checkpoint(make, name, model, optimizer)
+            at_2 = _weights(model)
+            with monkeypatch.context() as patch:
+                _kill_at(patch, step)
+                with pytest.raises(Killed):
+                    run.save_checkpoint({"m": model}, {"m": optimizer}, {"iteration": 2})
+            release(run)
+            run_dir = tmp_path / name
+            assert grid.plan([("wc", "sta_naive", 1, name)], tmp_path, [], 1)[0][1] == "resume", steps[step]
+            if recovery_step >= 0:  # killed again while resuming, at a step of its recovery
+                with monkeypatch.context() as patch:
+                    _kill_at(patch, recovery_step)
+                    try:
+                        release(make(run_name=name, resume=str(run_dir)))
+                        break  # the recovery has fewer steps than this
+                    except Killed:
+                        pass  # the half-made Run and its lock go with the exception, as with its process
+            model = torch.nn.Linear(3, 2)
+            optimizer = torch.optim.AdamW(model.parameters())
+            resumed = make(run_name=name, resume=str(run_dir))
+            counters = resumed.start_or_resume({"m": model}, {"m": optimizer})
+            expected, weights = (2, at_2) if step > complete_at else (1, at_1)
+            what = f"killed before {steps[step]}, then at recovery step {recovery_step}"
+            assert counters["iteration"] == expected, what
+            assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights), what
+            assert [int(r["iteration"]) for r in resumed.rows] == list(range(expected + 1)), what
+            assert sorted(p.name for p in run_dir.glob("checkpoint*")) == ["checkpoint"], what
+            release(resumed)
+    # a run checkpointed before complete.json existed, killed between the two renames: resumes from checkpoint.old/
+    run, at_1 = _run_with_checkpoint(make, "legacy", model, optimizer)
+    release(run)
+    (tmp_path / "legacy" / "checkpoint" / "complete.json").unlink()
+    (tmp_path / "legacy" / "checkpoint").rename(tmp_path / "legacy" / "checkpoint.old")
+    (tmp_path / "legacy" / "checkpoint.tmp").mkdir()
+    (tmp_path / "legacy" / "checkpoint.tmp" / "state.pt").write_bytes(b"half")
+    resumed = make(run_name="legacy", resume=str(tmp_path / "legacy"))
+    assert resumed.start_or_resume({"m": model}, {"m": optimizer})["iteration"] == 1
+    assert all(torch.equal(model.state_dict()[k], at_1[k]) for k in at_1)
+
+
+def _one_line_exit(capsys, code, make, **args):
+    """make(**args) ends the process with `code`: its stderr, which must be one line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        make(**args)
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == code and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_damaged_files_on_resume_are_one_line_exit_2_and_a_cut_last_metrics_row_is_dropped(
+        tmp_path, in_process_run, capsys, prompts_file):
+    """Issue 24.2: a metrics.csv whose last row a kill cut mid-line resumes (that row is after the checkpoint, and is
+    dropped); a truncated state.pt, weights file or config.json, or a metrics.csv damaged before the checkpoint, is
+    one line naming the file and exit 2, the folder unchanged."""
+    make, release = in_process_run
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for name in ("cut", "state", "weights", "rows"):
+        made, _ = _run_with_checkpoint(make, name, model, optimizer)
+        made.log({"iteration": 3})
+        release(made)
+    cut = tmp_path / "cut" / "metrics.csv"
+    cut.write_text(cut.read_text()[: cut.read_text().rindex("\n", 0, -1) + 4])  # row 3 cut inside its wall_time
+    resumed = make(run_name="cut", resume=str(tmp_path / "cut"))
+    assert resumed.start_or_resume({"m": model}, {"m": optimizer})["iteration"] == 1
+    assert [r["iteration"] for r in read_metrics(tmp_path / "cut")] == ["0", "1"]
+    release(resumed)
+    for name, path in (("state", "checkpoint/state.pt"), ("weights", "checkpoint/m.safetensors"), ("rows", "metrics.csv")):
+        damaged = tmp_path / name / path
+        if name == "rows":  # row 1, the checkpoint's, cut: a damage no kill leaves
+            lines = damaged.read_text().splitlines(keepends=True)
+            damaged.write_text("".join([*lines[:2], lines[2][:lines[2].index(",")] + "\n", *lines[3:]]))
+        else:
+            damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+        before = {p: p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file() and p.name != "lock"}
+        if name in ("weights", "rows"):  # found as start_or_resume reads them
+            resumed = make(run_name=name, resume=str(tmp_path / name))
+            err = _one_line_exit(capsys, 2, resumed.start_or_resume, models={"m": model}, optimizers={"m": optimizer})
+        else:
+            err = _one_line_exit(capsys, 2, make, run_name=name, resume=str(tmp_path / name))
+        assert err.startswith("error: ") and str(damaged) in err and "damaged" in err and "start it" in err, err
+        assert {p: p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file() and p.name != "lock"} == before
+    config = tmp_path / "cut" / "config.json"
+    config.write_text(config.read_text()[:40])
+    out, err, code = run(["sta_naive.py", *tiny(prompts_file), "--resume", config.parent])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(config) in err and "damaged" in err, err
+
+
+def test_a_second_process_on_a_run_folder_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, prompts_file):
+    """Issue 24.3: while a run trains, `--resume` of its folder from another process is one line, exit 2, and the
+    metrics stay the first process's; after kill -9 of the first (no chance to clean up), the folder resumes."""
+    run_dir = tmp_path / "a"
+    first = start_script(["sta_naive.py", *tiny(prompts_file), "--iterations", "30", "--save-every", "1",
+                          "--run-name", "a", "--output-dir", tmp_path], env={"OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and common.checkpoint_dir(run_dir) is None:
+        time.sleep(0.05)
+    _, err, code = run(["sta_naive.py", "--resume", run_dir])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "in use by another process" in err, err
+    assert first.returncode is None  # still training
+    first.kill()
+    first.communicate(timeout=60)
+    done = json.loads((common.checkpoint_dir(run_dir) / "complete.json").read_text())["iteration"]
+    _, err, code = run(["sta_naive.py", "--resume", run_dir, "--iterations", str(done + 1)])
+    assert code == 0, err[-3000:]
+    assert [int(r["iteration"]) for r in read_metrics(run_dir)] == list(range(done + 2))
+
+
+def test_a_failed_write_ends_the_run_failed_and_keeps_the_checkpoint(tmp_path, in_process_run, capsys, monkeypatch):
+    """Issue 24.4: a full disk while checkpointing or writing metrics is one line, exit 1, config.json status "failed"
+    with the reason, and the previous checkpoint intact (the run resumes from it); a second Ctrl-C while checkpointing
+    ends with no traceback, status "interrupted", exit 130, and the run resumes from the previous checkpoint too.
+    tools/grid.py resumes a failed run that has a checkpoint and restarts one that has none."""
+    import errno
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import grid
+
+    make, release = in_process_run
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def no_space(*args, **kwargs):
+        raise full
+
+    args = RunArgs(save_every=1)
+    for name in ("checkpoint", "metrics", "ctrl-c"):
+        run, at_1 = _run_with_checkpoint(make, name, model, optimizer)
+        with monkeypatch.context() as patch:
+            if name == "checkpoint":
+                patch.setattr(torch, "save", no_space)
+            elif name == "metrics":
+                patch.setattr(common, "open", no_space, raising=False)
+            else:  # the second Ctrl-C arrives while the checkpoint is written
+                run.stop_requested = "SIGINT"
+                patch.setattr(torch, "save", lambda *a, **k: run._on_signal(signal.SIGINT, None))
+            err = _one_line_exit(capsys, 130 if name == "ctrl-c" else 1, run.end_iteration, row={"iteration": 3},
+                                 counters={"iteration": 3}, models={"m": model}, optimizers={"m": optimizer},
+                                 args=args, script="sta_naive")
+        release(run)
+        status = config(tmp_path / name)
+        if name == "ctrl-c":
+            assert err.startswith("aborted while writing iteration 3") and status["status"] == "interrupted", err
+        else:
+            assert err.startswith("error: writing") and "No space left on device" in err and "--resume" in err, err
+            assert status["status"] == "failed" and "No space left on device" in status["history"][-1]["reason"]
+        assert not (tmp_path / name / "checkpoint.tmp").exists()
+        assert grid.plan([("wc", "sta_naive", 1, name)], tmp_path, [], 1)[0][1] == "resume"
+        if name == "metrics":  # the same failed run without a checkpoint
+            shutil.copytree(tmp_path / name, tmp_path / "bare", ignore=shutil.ignore_patterns("checkpoint*"))
+        resumed = make(run_name=name, resume=str(tmp_path / name))
+        assert resumed.start_or_resume({"m": torch.nn.Linear(3, 2)}, {"m": optimizer})["iteration"] == 1
+        release(resumed)
+    assert grid.plan([("wc", "sta_naive", 1, "bare")], tmp_path, [], 1)[0][1:4:2] == ("restart", "failed, no checkpoint")
+
+
+def test_resume_refuses_a_finished_run_or_fewer_iterations_and_done_reports_the_last_evaluation(tmp_path, prompts_file):
+    """Issue 24.5: `--resume` of a finished run without a larger --iterations, or with fewer iterations than its
+    checkpoint has done, is one line, exit 2, nothing written; a resume with nothing left to train (its checkpoint is
+    at the last iteration, as after a kill between that checkpoint and the end) reports the last real evaluation in
+    its `done:` line, not nan; a larger --iterations extends a finished run."""
+    run_dir = tmp_path / "a"
+    _, err, code = run(["sta_naive.py", *tiny(prompts_file), "--iterations", "2", "--save-every", "2", "--run-name", "a"],
+                       out=tmp_path)
+    assert code == 0, err[-3000:]
+    for extra in ([], ["--iterations", "2"], ["--iterations", "1"]):
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "lock"}
+        _, err, code = run(["sta_naive.py", "--resume", run_dir, *extra])
+        words = "the run is finished after 2 iterations; pass --iterations above 2 to train it further"
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "lock"} == before
+    saved = config(run_dir)
+    (run_dir / "config.json").write_text(json.dumps({**saved, "status": "running"}))  # killed before it finished
+    _, err, code = run(["sta_naive.py", "--resume", run_dir, "--iterations", "1"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "below the 2 iterations" in err, err
+    out, err, code = run(["sta_naive.py", "--resume", run_dir])
+    assert code == 0, err[-3000:]
+    last = read_metrics(run_dir)[-1]
+    assert last["iteration"] == "2" and f"final eval reward {float(last['eval/reward']):.3f}, KL {float(last['eval/kl']):.3f}" in out
+    _, err, code = run(["sta_naive.py", "--resume", run_dir, "--iterations", "3"])
+    assert code == 0, err[-3000:]
+    assert [int(r["iteration"]) for r in read_metrics(run_dir)] == [0, 1, 2, 3] and config(run_dir)["status"] == "finished"

@@ -12,7 +12,9 @@ there for good if it never does, e.g. on bad input). OMP_NUM_THREADS = cores // 
 The same command, run again, completes a grid after a crash, Ctrl-C, a reboot or a Slurm time limit:
 - a run whose config.json says "finished" or "diverged" is skipped (a divergence is the method's outcome, not a
   failure: re-running the same seed diverges again);
-- a run with a checkpoint (DIR/NAME/checkpoint/state.pt) is resumed with `--resume DIR/NAME`;
+- a run with a complete checkpoint (common.checkpoint_dir: DIR/NAME/checkpoint/, or the checkpoint.tmp/ or
+  checkpoint.old/ a run killed while checkpointing leaves) is resumed with `--resume DIR/NAME`, whatever its status
+  ("interrupted", "failed", or "running" after a crash);
 - a run directory without a checkpoint is moved aside to DIR/NAME.old-<n> (never deleted) and the run starts again;
 - a run directory whose arguments differ from the grid's flags (say `--laptop` then paper scale into the same DIR) is
   left alone and reported as a failure: pass another --output-dir.
@@ -46,6 +48,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from common import checkpoint_dir  # noqa: E402  (the rule --resume goes by: a checkpoint killed mid-write counts)
 
 # method: (script, extra flags); iterated DPO is dpo.py --online (D16), sta_total_gn the Gauss-Newton curvature (D13)
 METHODS = {
@@ -76,8 +80,9 @@ def fail(message):
 
 
 def run_status(run_dir):
-    """(config or None, status): status from config.json ("running", "interrupted", "finished", "diverged"); runs
-    written before config.json had one count as finished when policy/ exists, diverged when their log says so."""
+    """(config or None, status): status from config.json ("running", "interrupted", "failed", "finished",
+    "diverged"); runs written before config.json had one count as finished when policy/ exists, diverged when their
+    log says so."""
     try:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
@@ -169,7 +174,7 @@ def plan(runs, output_dir, flags, save_every):
                 action, note = "skip", "finished"
             elif status == "diverged":
                 action, note = "diverged", "diverged before"
-            elif (run_dir / "checkpoint" / "state.pt").exists():
+            elif checkpoint_dir(run_dir):
                 action, command = "resume", resume
             else:
                 action, note = "restart", f"{status or 'no config.json'}, no checkpoint"
