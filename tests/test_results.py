@@ -165,7 +165,8 @@ def test_figures_of_a_tiny_grid(tmp_path, prompts_file):
     assert float(table[("wc", "sta_total")]["time_ratio_to_naive"]) > 0
     print((tmp_path / "out" / "results.md").read_text())
     pytest.importorskip("matplotlib")
-    for name in ["figure1_reward.png", "figure1_reward_pairs.png", "figure1_pareto.png", "figure2_convergence.png"]:
+    for name in ["figure1_reward.png", "figure1_reward_pairs.png", "figure1_pareto.png", "equal_kl.png",
+                 "figure2_convergence.png"]:
         assert (tmp_path / "out" / name).stat().st_size > 1000, name
 
 

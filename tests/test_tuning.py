@@ -9,6 +9,9 @@ import sys
 from conftest import REPO
 from test_results import write_run
 
+sys.path.insert(0, str(REPO / "tools"))
+import tuning  # noqa: E402
+
 TUNING = [sys.executable, str(REPO / "tools" / "tuning.py")]
 
 
@@ -74,3 +77,12 @@ def test_the_selection_rule_on_synthetic_tuning_runs(tmp_path):
 
     done = subprocess.run([*TUNING, str(tmp_path / "out"), "--out", str(tmp_path / "o2")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: no run directories") and not (tmp_path / "o2").exists()
+
+
+def test_the_preset_stays_when_no_configuration_is_selectable():
+    config = lambda lr, status, score: {"lr": lr, "status": status, "score": score, "final_reward": 1.0}
+    configs = [config(3e-5, "not selectable (seed 101 diverged)", None), config(1e-4, "not selectable (seed 202 failed)", None)]
+    assert tuning.select(configs) == (None, "the preset stays: every configuration has a diverged or failed seed")
+    assert tuning.select([]) == (None, "selection pending: no runs yet")
+    chosen, sentence = tuning.select([config(3e-5, "complete", 2.0), config(1e-4, "complete", 2.11)])
+    assert chosen["lr"] == 1e-4 and sentence == "policy_lr 0.0001 selected (the highest mean score, 2.11)"  # 0.11 apart
