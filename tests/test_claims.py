@@ -184,6 +184,7 @@ def test_the_command_writes_claims_md(tmp_path):
     assert ("| 1. Both STA variants reach a higher final reward than every other method, per task | cwc (final reward): "
             "holds; cwc (equal KL): holds |") in text
     assert "| 4. Total STA does not clearly beat Naive STA | cwc (final reward): not contradicted;" in text
+    assert "## 4. Total STA does not clearly beat Naive STA\n\nReadings: final reward and reward at equal KL" in text
     assert "| 5. Naive STA's reward model and policy converge | cwc: incomplete |" in text  # 5 iterations: too few
     with pytest.raises(SystemExit) as e:
         claims.main([str(tmp_path / "nothing")])

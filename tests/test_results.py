@@ -4,6 +4,7 @@ directories); on a tiny real grid, the figures."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -235,3 +236,12 @@ def test_an_empty_folder_and_a_closed_pipe(tmp_path):
     done = subprocess.run([*RESULTS, str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: no run")
     assert not (tmp_path / "out").exists()
+    root = tmp_path / "runs"
+    write_run(root, "wc__sta_naive__1", "sta_naive", "wc", 1, sta_rows(1.0, [0, 1, 2], [0, 1, 2], 8))
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already exited
+    done = subprocess.run([*RESULTS, str(root), "--out", str(tmp_path / "out")], stdout=write, stderr=subprocess.PIPE,
+                          text=True)
+    os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert (tmp_path / "out" / "results.md").exists()

@@ -539,8 +539,20 @@ def main(argv=None):
     for title, (_, verdicts) in sections:
         text.append(f"| {title} | " + "; ".join(f"{k}: {v}" for k, v in verdicts.items()) + " |")
     text.append("")
-    for title, (lines, _) in sections:
-        text += [f"## {title}", "", *lines]
+    readings = [  # what each claim is read on, in the order of the sections
+        "Readings: final reward (the paper's) and reward at equal KL, each a Holm family of the 2 × (other methods) "
+        "comparisons of Naive and Total STA per task.",
+        "Reading: wc and cwc, Pareto fronts of the seed-averaged curves and final KL, STA − other, paired over seeds (a Holm "
+        "family of the 2 × others comparisons per task); un, the fronts and final mean reward (no per-seed test).",
+        "Reading: reward at the first evaluation (mean over seeds) and the drop from the best evaluation to the last, "
+        "Reversed − Naive STA, paired (one comparison per task).",
+        "Readings: final reward and reward at equal KL, Total − Naive, paired (one comparison each per task).",
+        "Reading: the drift of rm/loss, rm/score_mean and eval/reward from the third quarter of the run to the last, "
+        "paired per seed (a Holm family of the three series per task).",
+        "Reading: seconds per run of the grid and, with --cost, the quiet benchmark's per-iteration ratios (no test).",
+    ]
+    for (title, (lines, _)), reading in zip(sections, readings):
+        text += [f"## {title}", "", reading, "", *lines]
     text += ["## Measurements behind the verdicts", "", *measurements(groups, tasks, methods)]
     out = "\n".join(text)
     if cli.out:
