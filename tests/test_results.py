@@ -4,6 +4,7 @@ directories); on a tiny real grid, the figures."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -102,8 +103,12 @@ def test_every_number_on_synthetic_runs(synthetic, tmp_path):
     assert close(naive["final_reward_mean"], 2) and close(naive["final_reward_std"], 1)  # 1, 2, 3 (sample std)
     assert close(naive["final_kl_mean"], 4) and close(naive["final_kl_std"], 2)  # 2, 4, 6
     # Pareto points (mean KL, mean reward) at iterations 0, 2, 4: (0, 0), (1, 3), (4, 2); the last is dominated
-    assert close(naive["kl_budget"], 1)  # the smallest final mean KL on wc: DPO's (0.5 + 1.5) / 2
+    # the budget: the smallest final mean KL among Naive, Total and iterated DPO (3), not DPO's 1 on wc
+    assert close(naive["kl_budget"], 3)
     assert close(naive["pareto_best_reward"], 3) and close(naive["pareto_best_kl"], 1)
+    # reward at KL ≤ 3 per seed: 2 (never reaches 3: best evaluation), 3 (corner at KL 1 above the crossing's 2.33),
+    # 4 (corner at KL 1 above the crossing's 3.6)
+    assert close(naive["equal_kl_reward_mean"], 3) and close(naive["equal_kl_reward_std"], 1)
     assert close(naive["s_per_iteration_mean"], 2) and close(naive["s_per_iteration_std"], 1)  # evaluations left out
     assert close(naive["s_per_run_mean"], 33) and close(naive["s_per_run_std"], 4)  # 5 + 4t + 20 for t = 1, 2, 3
     assert close(naive["prompts_seen"], 8) and close(naive["pairs_queried"], 9) and close(naive["pairs_kept"], 7)
@@ -116,22 +121,23 @@ def test_every_number_on_synthetic_runs(synthetic, tmp_path):
     assert dpo["n"] == "2" and close(dpo["final_reward_mean"], 1) and close(dpo["final_reward_std"], 0)
     assert close(dpo["final_kl_mean"], 1) and close(dpo["final_kl_std"], 2 ** -0.5)
     assert close(dpo["pareto_best_reward"], 1) and close(dpo["pareto_best_kl"], 1)  # front (0, 0), (1, 1)
+    assert close(dpo["equal_kl_reward_mean"], 1) and close(dpo["equal_kl_reward_std"], 0)
     assert close(dpo["pairs_queried"], 6) and dpo["pairs_kept"] == "" and dpo["s_per_iteration_mean"] == ""
     assert close(dpo["time_ratio_to_naive"], 15 / 33) and close(dpo["paper_ratio_to_naive"], 1143.555 / 2558.152)
     assert dpo["missing"] == "3 4 5"  # every seed that some run of the folder has
 
     online = table[("wc", "iterated_dpo")]
     assert online["n"] == "1" and close(online["final_reward_mean"], 2.5) and online["final_reward_std"] == ""
-    assert online["pareto_best_reward"] == "0.5" and online["paper_s_per_run"] == ""  # KL ≤ 1: only iteration 0
+    assert online["pareto_best_reward"] == "2.5" and online["paper_s_per_run"] == ""  # its final KL is the budget
 
     parl = table[("cwc", "parl")]
-    assert close(parl["kl_budget"], 5) and close(parl["pareto_best_reward"], 2) and close(parl["prompts_seen"], 10)
+    assert close(parl["kl_budget"], 5) and close(parl["equal_kl_reward_mean"], 2) and close(parl["pareto_best_reward"], 2) and close(parl["prompts_seen"], 10)
     assert parl["time_ratio_to_naive"] == "" and close(parl["paper_ratio_to_naive"], 1340.522 / 2399.765)
     assert table[("cwc", "sta_naive")]["n"] == "0" and table[("cwc", "sta_naive")]["missing"] == "1 2 3 4 5"
 
     md = (tmp_path / "results.md").read_text()
-    assert "KL budget for the Pareto column: 1.00 (the smallest final mean KL on this task)" in md
-    assert "| Naive STA | 3 | 2.00 ± 1.00 | 4.00 ± 2.00 | 3.00 (1.00) | 2.000 ± 1.000 | 33.0 ± 4.0 | 8 | 9 | 7 |" in md
+    assert "KL budget: 3.00 (the smallest final mean KL among Naive STA, Total STA and iterated DPO" in md
+    assert "| Naive STA | 3 | 2.00 ± 1.00 | 4.00 ± 2.00 | 3.00 ± 1.00 | 3.00 (1.00) | 2.000 ± 1.000 | 33.0 ± 4.0 | 8 | 9 | 7 |" in md
     assert "diverged: seed 4 after iteration 2; unfinished: seed 5 running at iteration 1 |" in md
     assert "| wc | DPO | 15.0 | 0.45 | 1144 | 0.45 |" in md and "Appendix B Table 1" in md
     assert "wc__sta_naive__6" in md and ".old-1" not in md
@@ -160,7 +166,8 @@ def test_figures_of_a_tiny_grid(tmp_path, prompts_file):
     assert float(table[("wc", "sta_total")]["time_ratio_to_naive"]) > 0
     print((tmp_path / "out" / "results.md").read_text())
     pytest.importorskip("matplotlib")
-    for name in ["figure1_reward.png", "figure1_reward_pairs.png", "figure1_pareto.png", "figure2_convergence.png"]:
+    for name in ["figure1_reward.png", "figure1_reward_pairs.png", "figure1_pareto.png", "equal_kl.png",
+                 "figure2_convergence.png"]:
         assert (tmp_path / "out" / name).stat().st_size > 1000, name
 
 
@@ -178,10 +185,63 @@ def test_tables_without_matplotlib(synthetic, tmp_path):
 def test_active_time_is_the_union_of_the_runs_running_intervals():
     at = lambda hh_mm: f"2026-11-30T{hh_mm}:00+0000"
     ev = lambda event, hh_mm: {"event": event, "time": at(hh_mm)}
-    runs = [{"history": [ev("start", "08:00"), ev("finished", "09:00")]},
-            {"history": [ev("start", "08:30"), ev("interrupted", "09:30"), ev("resume", "12:00"), ev("finished", "12:30")]},
-            {"history": [ev("start", "13:00")]}]  # still going (or crashed): no stop, left out
+    runs = [{"history": [ev("start", "08:00"), ev("finished", "09:00")], "s_per_run": 3600.0},
+            {"history": [ev("start", "08:30"), ev("interrupted", "09:30"), ev("resume", "12:00"), ev("finished", "12:30")],
+             "s_per_run": 5400.0},
+            {"history": [ev("start", "13:00")], "s_per_run": None},  # still going (or crashed): no stop, left out
+            # killed at 13:20 with no stop event, resumed from its checkpoint: its wall_time carries on, 20 + 30 min
+            {"history": [ev("start", "13:00"), ev("resume", "13:30"), ev("finished", "14:00")], "s_per_run": 3000.0}]
     total, first, last, added = results.active_time(runs)
-    assert total == 2.0 * 3600  # 08:00-09:30 and 12:00-12:30; the pause 09:30-12:00 does not count
-    assert (last - first) == 4.5 * 3600 and added == 2.5 * 3600  # 1 + 1 + 0.5
+    assert total == 2.5 * 3600  # 08:00-09:30, 12:00-12:30, 13:30-14:00; the pause 09:30-12:00 does not count
+    # the runs' own times are their final wall_time: the 20 minutes before the kill count (the history has no stop
+    # for them, so adding up history intervals gave 3 h)
+    assert (last - first) == 6 * 3600 and added == 12000.0
     assert results.active_time([{"history": []}]) is None
+
+
+def test_reward_at_kl_reads_the_upper_envelope_of_the_reward_kl_path():
+    at = lambda points, budget: results.reward_at_kl([{"kl": k, "reward": r} for k, r in points], budget)
+    zigzag = [(0, 0), (10, 5), (20, 3), (30, 8)]  # reward falls then rises along a rising KL
+    assert at(zigzag, 15) == 5  # the corner at KL 10 beats the crossing at 15 (4)
+    assert at(zigzag, 25) == pytest.approx(5.5)  # the segment (20, 3)-(30, 8) crosses KL 25 at 5.5, above the corners
+    assert at(zigzag, 10) == 5 and at(zigzag, 40) == 8  # a corner on the budget; never reaching it: the best evaluation
+    back = [(0, 0), (10, 4), (6, 6), (20, 10)]  # KL not monotone: the path comes back below 10
+    assert at(back, 8) == pytest.approx(6 + 4 * 2 / 14)  # three segments cross KL 8; the last one is highest
+    assert at([(0, 0), (20, 10), (5, 2)], 10) == pytest.approx(5)  # out and back: the outbound crossing, not 4.67
+    assert at([(0, 1), (5, 3)], 2) == pytest.approx(1.8)  # budget below the first evaluation after iteration 0
+    assert at([(5, 1), (10, 2)], 3) is None  # no iteration 0 and never within the budget: nothing to read
+    assert results.reward_at_kl([{"kl": 0.0, "reward": 1.0}, {"kl": None, "reward": 9.0}], 1) == 1.0
+
+
+def test_a_run_killed_while_writing_is_listed_as_unfinished(tmp_path):
+    """A cut last metrics.csv row and a config.json cut short: both runs are listed as unfinished, the others averaged
+    (before: int(None) on the cut row and a skipped, unlisted run)."""
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_run(root, f"wc__sta_naive__{seed}", "sta_naive", "wc", seed, sta_rows(1.0, [0, 1, seed], [0, 1, 2], 8))
+    write_run(root, "wc__sta_naive__3", "sta_naive", "wc", 3, sta_rows(1.0, [0, 1, 3], [0, 1, 2], 8), status="running")
+    metrics = root / "wc__sta_naive__3" / "metrics.csv"
+    metrics.write_text(metrics.read_text() + "99.5")  # killed after writing the first field of a row
+    write_run(root, "wc__sta_naive__4", "sta_naive", "wc", 4, sta_rows(1.0, [0, 1, 3], [0, 1, 2], 8))
+    (root / "wc__sta_naive__4" / "config.json").write_text('{"algo": "sta_naive", "script": "sta_na')
+    done = subprocess.run([*RESULTS, str(root), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    naive = read_csv(tmp_path / "out")[("wc", "sta_naive")]
+    assert naive["n"] == "2" and close(naive["final_reward_mean"], 1.5)
+    assert naive["unfinished"] == ("seed 3 cut off (last metrics.csv row cut) at iteration 4; "
+                                   "seed 4 unreadable (config.json or metrics.csv)")
+
+
+def test_an_empty_folder_and_a_closed_pipe(tmp_path):
+    done = subprocess.run([*RESULTS, str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: no run")
+    assert not (tmp_path / "out").exists()
+    root = tmp_path / "runs"
+    write_run(root, "wc__sta_naive__1", "sta_naive", "wc", 1, sta_rows(1.0, [0, 1, 2], [0, 1, 2], 8))
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already exited
+    done = subprocess.run([*RESULTS, str(root), "--out", str(tmp_path / "out")], stdout=write, stderr=subprocess.PIPE,
+                          text=True)
+    os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert (tmp_path / "out" / "results.md").exists()

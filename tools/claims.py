@@ -5,30 +5,41 @@ with the evidence, by the rules stated below and in claims.md.
 
 Reads the runs as tools/results.py does (config.json and metrics.csv; finished runs, one per seed; diverged runs
 counted apart). Comparisons between two methods are paired by seed, on the seeds both finished: the per-seed
-differences, their mean ± standard deviation, how many favour the first method, and the paired t statistic. A
-difference is called significant when |t| exceeds the two-sided 95% point of Student's t with n − 1 degrees of freedom
-(2.78 for the paper's five seeds); five seeds detect only large effects, so "within noise" means "not shown either way".
-A claim is "incomplete" on a task while a method it needs has no runs or unfinished ones, or fewer than two seeds to
-pair. Diverged runs (a method's outcome) are named beside the comparisons they cannot enter.
+differences, their mean ± standard deviation, how many favour the first method, the paired t statistic and its
+two-sided p (Student's t with n − 1 degrees of freedom, its CDF computed here through the incomplete beta function).
+The comparisons that decide a claim on a task form its family, and Holm's method adjusts their p values within it
+(family-wise error 0.05); a difference is significant when its adjusted p is below 0.05. Five seeds detect only large
+effects, so "within noise" means "not shown either way", and a claim of no difference (4) or no drift (5) that stands
+only because nothing was significant is "not contradicted", never "holds". A claim is "incomplete" on a task while a
+method it needs has no runs or unfinished ones (running, interrupted, failed, killed while writing), or fewer than two
+seeds to pair. Diverged runs (a method's outcome) are named beside the comparisons they cannot enter.
 
-1. Both STA variants reach a higher final reward than every other method, per task (§6, Figure 1): holds on a task
-   if both beat every other method significantly, does not hold if another method beats one of them significantly,
-   within noise otherwise.
+Readings. Final reward: each run's last evaluation. Equal KL: each run's reward at its pair's KL budget, the smaller of
+the two methods' final KLs (each the mean over seeds of the last evaluation's KL), read off the run's upper reward-KL
+envelope (results.reward_at_kl: its evaluations, iteration 0 at KL 0 included, joined in order by straight lines, the
+highest reward that path reaches at KL ≤ budget; a run that never reaches the budget scores its best evaluation).
+
+1. Both STA variants reach a higher final reward than every other method, per task (§6, Figure 1), under both
+   readings (the paper's is final reward), each a family of 2 × (other methods) comparisons per task (Total-GN's
+   column is a family of its own and decides nothing): holds on a task if both beat every other method
+   significantly, does not hold if another method beats one of them significantly, within noise otherwise.
 2. On wc and cwc the STA methods are Pareto-dominated (further from π_ref); on un their front is similar to the
    others' at a higher reward (§6). The fronts are results.py's (KL and reward averaged over seeds at each evaluation).
    wc, cwc: holds if at least half of each STA variant's front points are weakly dominated by another method's front
-   point and its final KL is above every other method's mean; un: if fewer than half of its front's points are
+   point and its final KL is significantly above every other method's (paired over seeds, one Holm family of the
+   2 × others KL comparisons per task); within noise if no KL comparison goes the other way but some are not
+   significant; un: if fewer than half of its front's points are
    dominated and its final mean reward is above every other method's. Holds if so for both variants, does not hold if
    for neither, "holds for X only" otherwise (Pareto fronts are of means: there is no per-seed test here).
 3. Reversed starts off competitive but becomes unstable (Figure 1's caption): competitive = its mean reward at the
    first evaluation after iteration 0 ranks in the upper half of the methods (rank ≤ n/2); unstable = a diverged seed, or a drop
    from its best evaluation to its last larger than Naive STA's, significantly (paired). Holds if both, does not
    hold if it is not competitive or its drop is not larger at all, within noise otherwise.
-4. Total STA does not clearly beat Naive STA (§6): holds unless Total − Naive final reward is significantly positive on
-   some task (then does not hold).
+4. Total STA does not clearly beat Naive STA (§6), under both readings, one comparison each per task: does not hold
+   if Total − Naive is significantly positive, holds if significantly negative, not contradicted otherwise.
 5. Naive STA's reward model and policy converge (Figures 2-3, Appendix): per seed, the mean of rm/loss, rm/score_mean
-   (per iteration) and eval/reward over the last quarter of the run minus the mean over the third quarter: holds if no
-   series drifts significantly on any task, does not hold otherwise. The spread within the last quarter is reported
+   (per iteration) and eval/reward over the last quarter of the run minus the mean over the third quarter, the three
+   series one Holm family per task: not contradicted if no series drifts significantly, does not hold otherwise. The spread within the last quarter is reported
    beside it: a converged cumulative average can hide an oscillating value.
 6. Table 1's cost order: offline DPO is the cheapest method, Total STA takes 2.6-4.6× Naive STA's time, Reversed more
    than Naive. From the grid's seconds per run (whole runs, equal prompts; noisy where runs share a machine) and,
@@ -42,41 +53,89 @@ spread, the policy's early KL; and Total STA's solve of eq. 11.
 
 import argparse
 import csv
+import math
+import signal
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import NAMES, PAPER_SECONDS, TASK_NAMES, load, pareto_front, summarise  # noqa: E402
+from results import NAMES, PAPER_SECONDS, TASK_NAMES, fail, load, pareto_front, reward_at_kl, summarise  # noqa: E402
 
-# two-sided 95% points of Student's t by degrees of freedom
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 12: 2.179,
-       15: 2.131, 20: 2.086, 30: 2.042}
 STA = ["sta_naive", "sta_total"]
+ALPHA = 0.05  # family-wise error rate of each family of comparisons (Holm)
 
 
-def t95(df):
-    return T95[max(k for k in T95 if k <= df)] if df >= 1 else float("inf")
+def incomplete_beta(a, b, x):
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Numerical Recipes' betacf, modified
+    Lentz): scipy is not a dependency."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below this point: use the symmetry I_x(a,b) = 1 − I_1−x(b,a)
+        return 1.0 - incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return front * h
+
+
+def t_p_value(t, df):
+    """Two-sided p of Student's t with df degrees of freedom: P(|T| ≥ |t|) = I_{df/(df+t²)}(df/2, 1/2)."""
+    if math.isinf(t):
+        return 0.0
+    return incomplete_beta(df / 2, 0.5, df / (df + t * t))
 
 
 def paired(a, b):
-    """Per-seed differences a − b over the seeds both have ({seed: value} each)."""
-    seeds = sorted(set(a) & set(b))
+    """Per-seed differences a − b over the seeds both have ({seed: value} each), the paired t statistic and its two-sided
+    p (raw; holm() adjusts it within a family and sets significant and sign from the adjusted p)."""
+    seeds = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None)
     diffs = [a[s] - b[s] for s in seeds]
     n = len(diffs)
     mean = statistics.mean(diffs) if diffs else None
     std = statistics.stdev(diffs) if n > 1 else None
     t = mean / (std / n**0.5) if std else (None if n < 2 else (0.0 if mean == 0 else float("inf") * (1 if mean > 0 else -1)))
-    significant = t is not None and abs(t) > t95(n - 1)
+    p = None if t is None else t_p_value(t, n - 1)
+    significant = p is not None and p < ALPHA
     return {"seeds": seeds, "diffs": diffs, "n": n, "mean": mean, "std": std, "t": t, "wins": sum(d > 0 for d in diffs),
-            "significant": significant, "sign": 0 if not significant else (1 if mean > 0 else -1)}
+            "p": p, "p_holm": p, "significant": significant, "sign": 0 if not significant else (1 if mean > 0 else -1)}
+
+
+def holm(family):
+    """Holm's step-down correction within a family of paired comparisons: the k-th smallest of m raw p values is
+    multiplied by m − k + 1, the products made non-decreasing and capped at 1; a comparison is significant when its
+    adjusted p is below ALPHA. Sets p_holm, significant and sign in place; returns the family."""
+    tested = sorted((c for c in family if c["p"] is not None), key=lambda c: c["p"])
+    running = 0.0
+    for k, c in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * c["p"]))
+        c["p_holm"], c["significant"] = running, running < ALPHA
+        c["sign"] = 0 if not c["significant"] else (1 if c["mean"] > 0 else -1)
+    return family
+
+
+def fmt_p(p):
+    return "–" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
 
 
 def fmt_paired(p):
     if not p["n"]:
         return "–"
     std = f" ± {p['std']:.2f}" if p["std"] is not None else ""
-    t = "" if p["t"] is None else f", t {p['t']:+.1f}" + ("*" if p["significant"] else "")
+    t = "" if p["t"] is None else (f", t {p['t']:+.1f}, p {fmt_p(p['p'])}, Holm {fmt_p(p['p_holm'])}"
+                                   + ("*" if p["significant"] else ""))
     return f"{p['mean']:+.2f}{std} ({p['wins']}/{p['n']}{t})"
 
 
@@ -111,28 +170,61 @@ def tasks_and_methods(groups):
     return tasks, methods
 
 
+def at_equal_kl(groups, task, a, b):
+    """Per-seed rewards of methods a and b at their pair's KL budget, the smaller of their final KLs (each the mean over
+    seeds of the final evaluation's KL), read off each run's upper reward-KL envelope (results.reward_at_kl); and that
+    budget."""
+    budget = min(statistics.mean(finals(groups, task, m, "kl").values()) for m in (a, b))
+    read = lambda m: {r["seed"]: reward_at_kl(r["evals"], budget) for r in finished(groups, task, m)}
+    return read(a), read(b), budget
+
+
+def compare(groups, task, a, b, reading):
+    """The paired comparison of a − b under a reading: "final reward", "equal KL" (at the pair's budget) or "final KL";
+    the equal-KL one carries its budget."""
+    if reading == "equal KL":
+        ra, rb, budget = at_equal_kl(groups, task, a, b)
+        return {**paired(ra, rb), "budget": budget}
+    key = "kl" if reading == "final KL" else "reward"
+    return paired(finals(groups, task, a, key), finals(groups, task, b, key))
+
+
+def cell(c):
+    return fmt_paired(c) + (f" at KL {c['budget']:.1f}" if c.get("budget") is not None and c["n"] else "")
+
+
 def claim_final_reward(groups, tasks, methods):
+    """Claim 1 under two readings, each its own family per task (the 2 × others comparisons of Naive and Total STA
+    against every other method; Total-GN's column is shown as a family of its own and enters no verdict)."""
     lines, verdicts = [], {}
     for task in tasks:
         rivals = [m for m in methods if m not in STA and m != "sta_total_gn"]
         others = [m for m in rivals if finals(groups, task, m)]
         columns = [m for m in [*STA, "sta_total_gn"] if finals(groups, task, m)]
         if not columns or not others:
-            verdicts[task] = "incomplete"
+            for reading in ("final reward", "equal KL"):
+                verdicts[f"{task} ({reading})"] = "incomplete"
             lines += [f"**{task}**: no finished runs to compare yet.", ""]
             continue
-        lines += [f"**{task}** (final reward, mean over seeds: "
-                  + ", ".join(f"{name(m)} {statistics.mean(finals(groups, task, m).values()):.2f}" for m in [*columns, *others]) + ")",
-                  "", "| other method | " + " | ".join(f"{name(m)} − other" for m in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        signs = []
-        for other in others:
-            cells = [paired(finals(groups, task, m), finals(groups, task, other)) for m in columns]
-            signs += [c["sign"] for m, c in zip(columns, cells) if m in STA]
-            lines.append(f"| {name(other)} | " + " | ".join(fmt_paired(c) for c in cells) + " |")
+        for reading in ("final reward", "equal KL"):
+            cells = {(m, o): compare(groups, task, m, o, reading) for o in others for m in columns}
+            holm([c for (m, _), c in cells.items() if m in STA])
+            holm([c for (m, _), c in cells.items() if m not in STA])
+            what = ("final reward, mean over seeds: " if reading == "final reward" else
+                    "reward at equal KL, per pair at the smaller of the two methods' mean final KLs; final KL, mean over seeds: ")
+            key = "reward" if reading == "final reward" else "kl"
+            lines += [f"**{task}, {reading}** ({what}"
+                      + ", ".join(f"{name(m)} {statistics.mean(finals(groups, task, m, key).values()):.2f}" for m in [*columns, *others]) + ")",
+                      "", "| other method | " + " | ".join(f"{name(m)} − other" for m in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+            for other in others:
+                lines.append(f"| {name(other)} | " + " | ".join(cell(cells[(m, other)]) for m in columns) + " |")
+            signs = [c["sign"] for (m, _), c in cells.items() if m in STA]
+            verdict = ("incomplete" if pending(groups, task, [*STA, *rivals]) else "does not hold" if -1 in signs else
+                       "holds" if all(s == 1 for s in signs) else "within noise")
+            verdicts[f"{task} ({reading})"] = verdict
+            lines += ["", f"Verdict on {task}, {reading}: **{verdict}** ({len(signs)} comparisons in the family).", ""]
         lines += [line for line in [left_out(groups, task, [*columns, *rivals])] if line]
-        verdicts[task] = ("incomplete" if pending(groups, task, [*STA, *rivals]) else "does not hold" if -1 in signs else
-                          "holds" if all(s == 1 for s in signs) else "within noise")
-        lines += ["", f"Verdict on {task}: **{verdicts[task]}**.", ""]
+        lines.append("")
     return lines, verdicts
 
 
@@ -169,13 +261,26 @@ def claim_pareto(groups, tasks, methods, curves, rows):
             continue
         others = [m for m in methods if m not in [*STA, "sta_total_gn"] and (task, m) in kls]
         if task in ("wc", "cwc"):
-            each = [shares[(task, m)] >= 0.5 and all(kls[(task, m)] > kls[(task, o)] for o in others) for m in STA]
+            # "further from π_ref": final KL, STA − other, paired over seeds; one Holm family per task
+            tests = {(m, o): compare(groups, task, m, o, "final KL") for m in STA for o in others}
+            holm(list(tests.values()))
+            lines += [f"**{task}**, final KL, STA − other (paired):", "",
+                      "| other method | " + " | ".join(f"{name(m)} − other" for m in STA) + " |", "|---|---|---|"]
+            lines += [f"| {name(o)} | " + " | ".join(fmt_paired(tests[(m, o)]) for m in STA) + " |" for o in others]
+            each = []
+            for m in STA:
+                signs = [tests[(m, o)]["sign"] for o in others]
+                # True: dominated and significantly further than every other; False: not dominated, or some other
+                # method significantly further; None: within noise
+                each.append(False if shares[(task, m)] < 0.5 or -1 in signs else
+                            True if signs and all(s == 1 for s in signs) else None)
+            lines.append("")
         else:
             each = [shares[(task, m)] < 0.5 and all(rewards[(task, m)] > rewards[(task, o)] for o in others) for m in STA]
-        verdicts[task] = ("holds" if all(each) else "does not hold" if not any(each) else
-                          f"holds for {name(STA[each.index(True)])} only")
-        lines.append(f"Verdict on {task}: **{verdicts[task]}**.")
-    lines.append("")
+        verdicts[task] = ("holds" if all(e is True for e in each) else "does not hold" if all(e is False for e in each) else
+                          f"holds for {name(STA[each.index(True)])} only" if True in each and None not in each else
+                          "within noise")
+        lines += [f"Verdict on {task}: **{verdicts[task]}**.", ""]
     return lines, verdicts
 
 
@@ -214,18 +319,26 @@ def claim_reversed(groups, tasks, methods):
 
 
 def claim_total_vs_naive(groups, tasks):
-    lines, verdicts = ["| task | Total − Naive final reward | Total-GN − Naive | Total − Naive final KL |", "|---|---|---|---|"], {}
+    """Claim 4 under two readings, each one comparison per task (Holm over a family of one is the raw p): holds if
+    Total − Naive is significantly negative, does not hold if significantly positive, not contradicted otherwise (no
+    difference shown either way: the claim stands through absence of evidence)."""
+    lines, verdicts = ["| task | Total − Naive final reward | Total − Naive reward at equal KL | Total-GN − Naive final reward "
+                       "| Total − Naive final KL |", "|---|---|---|---|---|"], {}
     for task in tasks:
-        naive = finals(groups, task, "sta_naive")
-        total, gn = finals(groups, task, "sta_total"), finals(groups, task, "sta_total_gn")
-        if not naive or not total:
-            verdicts[task] = "incomplete"
+        if not finals(groups, task, "sta_naive") or not finals(groups, task, "sta_total"):
+            verdicts[f"{task} (final reward)"] = verdicts[f"{task} (equal KL)"] = "incomplete"
             continue
-        difference = paired(total, naive)
-        verdicts[task] = ("incomplete" if difference["n"] < 2 or pending(groups, task, STA) else
-                          "does not hold" if difference["sign"] == 1 else "holds")
-        lines.append(f"| {task} | {fmt_paired(difference)} | {fmt_paired(paired(gn, naive))} | "
-                     f"{fmt_paired(paired(finals(groups, task, 'sta_total', 'kl'), finals(groups, task, 'sta_naive', 'kl')))} |")
+        tests = {reading: holm([compare(groups, task, "sta_total", "sta_naive", reading)])[0]
+                 for reading in ("final reward", "equal KL", "final KL")}
+        for reading in ("final reward", "equal KL"):
+            difference = tests[reading]
+            verdicts[f"{task} ({reading})"] = ("incomplete" if difference["n"] < 2 or pending(groups, task, STA) else
+                                               "does not hold" if difference["sign"] == 1 else
+                                               "holds" if difference["sign"] == -1 else "not contradicted")
+        gn = (compare(groups, task, "sta_total_gn", "sta_naive", "final reward") if finals(groups, task, "sta_total_gn")
+              else paired({}, {}))
+        lines.append(f"| {task} | {fmt_paired(tests['final reward'])} | {cell(tests['equal KL'])} | {fmt_paired(gn)} | "
+                     f"{fmt_paired(tests['final KL'])} |")
     lines += ["", *(f"Verdict on {t}: **{v}**." for t, v in verdicts.items()), ""]
     return lines, verdicts
 
@@ -251,7 +364,7 @@ def claim_convergence(groups, tasks):
         if not runs:
             verdicts[task] = "incomplete"
             continue
-        drifts = []
+        family, rows = [], []
         for key in ("rm/loss", "rm/score_mean", "eval/reward"):
             got = {r["seed"]: quarters({e["iteration"]: e["reward"] for e in r["evals"]} if key == "eval/reward" else r["series"][key])
                    for r in runs}
@@ -260,12 +373,16 @@ def claim_convergence(groups, tasks):
                 lines.append(f"| {task} | {key} | too few points to compare quarters | – |")
                 continue
             difference = paired({s: q[1] for s, q in got.items()}, {s: q[0] for s, q in got.items()})
-            if difference["n"] >= 2:
-                drifts.append(difference["sign"])
+            family.append(difference)
+            rows.append((key, difference, got))
+        holm(family)  # the three series of a task are one family
+        for key, difference, got in rows:
             lines.append(f"| {task} | {key} | {fmt_paired(difference)} | "
                          f"{statistics.mean(q[1] for q in got.values()):.3f}, {statistics.mean(q[2] for q in got.values()):.3f} |")
+        drifts = [d["sign"] for d in family if d["n"] >= 2]
+        # no drift shown is absence of evidence at this number of seeds: "not contradicted", never "holds"
         verdicts[task] = ("incomplete" if len(drifts) < 3 or pending(groups, task, ["sta_naive"]) else
-                          "does not hold" if any(drifts) else "holds")
+                          "does not hold" if any(drifts) else "not contradicted")
     lines += ["", *(f"Verdict on {t}: **{v}**." for t, v in verdicts.items()), ""]
     return lines, verdicts
 
@@ -386,9 +503,13 @@ def main(argv=None):
     parser.add_argument("--cost", type=Path, help="tools/bench_cost.py's cost.csv, for claim 6")
     parser.add_argument("--out", type=Path, help="write claims.md here (default: print it)")
     cli = parser.parse_args(argv)
+    if hasattr(signal, "SIGPIPE") and argv is None:  # `| head` ends the tool quietly, not with a BrokenPipeError traceback
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not cli.runs.is_dir():
-        parser.error(f"{cli.runs}: not a folder of runs")
+        fail(f"{cli.runs} is not a folder of runs")
     groups = load(cli.runs)
+    if not groups:
+        fail(f"no run directories (with config.json) under {cli.runs}")
     rows, curves = summarise(groups, None)
     tasks, methods = tasks_and_methods(groups)
     cost = None
@@ -406,14 +527,32 @@ def main(argv=None):
     n = max((len(g["runs"]) for g in groups.values()), default=0)
     text = ["# The paper's claims at this scale", "",
             f"From `{cli.runs}` by `python tools/claims.py {' '.join(sys.argv[1:] if argv is None else argv)}`. Paired "
-            f"differences are `mean ± std (favourable seeds/n, t)`, `*` where |t| exceeds the two-sided 95% point of "
-            f"Student's t (n − 1 degrees of freedom; 2.78 at n = 5). Rules: the docstring of tools/claims.py.", "",
+            f"differences are `mean ± std (favourable seeds/n, t, p, Holm)`: p the two-sided p of the paired t test "
+            f"(n − 1 degrees of freedom), Holm the p adjusted by Holm's method within the claim's family of "
+            f"comparisons on that task, `*` where the adjusted p is below {ALPHA}. Readings: final reward (the last "
+            f"evaluation) and equal KL (per seed, each run's reward-KL path over its evaluations, iteration 0 at KL 0 "
+            f"included, read at the pair's KL budget, the smaller of the two methods' mean final KLs; a run that never "
+            f"reaches it scores its best evaluation). Verdicts: holds, does not hold, within noise (no significant "
+            f"difference either way where the claim needs one), not contradicted (a claim of no difference or no "
+            f"drift that stands only because none was significant). Rules: the docstring of tools/claims.py.", "",
             "| claim | verdict |", "|---|---|"]
     for title, (_, verdicts) in sections:
         text.append(f"| {title} | " + "; ".join(f"{k}: {v}" for k, v in verdicts.items()) + " |")
     text.append("")
-    for title, (lines, _) in sections:
-        text += [f"## {title}", "", *lines]
+    readings = [  # what each claim is read on, in the order of the sections
+        "Readings: final reward (the paper's) and reward at equal KL, each a Holm family of the 2 × (other methods) "
+        "comparisons of Naive and Total STA per task.",
+        "Reading: wc and cwc, Pareto fronts of the seed-averaged curves and final KL, STA − other, paired over seeds (a Holm "
+        "family of the 2 × others comparisons per task); un, the fronts and final mean reward (no per-seed test).",
+        "Reading: reward at the first evaluation (mean over seeds) and the drop from the best evaluation to the last, "
+        "Reversed − Naive STA, paired (one comparison per task).",
+        "Readings: final reward and reward at equal KL, Total − Naive, paired (one comparison each per task).",
+        "Reading: the drift of rm/loss, rm/score_mean and eval/reward from the third quarter of the run to the last, "
+        "paired per seed (a Holm family of the three series per task).",
+        "Reading: seconds per run of the grid and, with --cost, the quiet benchmark's per-iteration ratios (no test).",
+    ]
+    for (title, (lines, _)), reading in zip(sections, readings):
+        text += [f"## {title}", "", reading, "", *lines]
     text += ["## Measurements behind the verdicts", "", *measurements(groups, tasks, methods)]
     out = "\n".join(text)
     if cli.out:

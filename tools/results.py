@@ -11,14 +11,23 @@ Writes to --out:
   left out);
 - figure1_pareto.png: per task the KL-reward Pareto front of each method as the paper's §6 computes it: at each
   evaluation step the KL and reward averaged over the seeds, then the points that another weakly dominates dropped;
+- equal_kl.png: per task, the reward at equal KL against the KL budget (reward_at_kl: per seed, the highest reward
+  the run's reward-KL path over its evaluations reaches within the budget), mean ± std over seeds, one line per method;
 - figure2_convergence.png: Naive and Total STA's (and Total-GN's) reward-model loss (rm/loss) and the RM reward the policy receives
   (rm/score_mean) per iteration, mean over seeds, with their cumulative averages (the paper's Figures 2 and 3);
 - results.md and results.csv: per task and method the final evaluation reward and KL (mean ± std over seeds, and n),
-  the best reward on the Pareto front within the KL budget, seconds per iteration and per run, prompts seen, pairs
+  the reward at the KL budget (reward_at_kl per seed, then mean ± std) and the best reward on the Pareto front within
+  it, seconds per iteration and per run, prompts seen, pairs
   queried and kept, and the measured time of each method relative to Naive STA beside the paper's Table 1.
 
+The KL budget of a task, unless --kl-budget gives one: the smallest final mean KL among Naive STA, Total STA and
+iterated DPO (the methods of the claims; docs/reproducing.md's tuning protocol sets its budget the same way), so that
+each of them is read where it has evaluations; the smallest over all methods (DRO-V's 7-10 nats at laptop scale) would
+read every STA run at iteration 0. Without any of the three, the smallest final mean KL of the task.
+
 Only finished runs are averaged. Diverged runs (a method's outcome: kept out of the averages, listed apart),
-unfinished ones and missing seeds are listed in each row. Runs of one task and method whose arguments differ in
+unfinished ones (running, interrupted, failed, or killed while writing: a cut last metrics.csv row or an unreadable
+config.json) and missing seeds are listed in each row. Runs of one task and method whose arguments differ in
 anything but the seed and run plumbing (say laptop and paper scale in one folder) are never averaged together: the
 set of arguments with the most finished runs is used and the others are listed as excluded. Run directories that
 tools/grid.py moved aside (NAME.old-<n>) are ignored. matplotlib is optional: without it the tables are still written.
@@ -26,9 +35,11 @@ tools/grid.py moved aside (NAME.old-<n>) are ignored. matplotlib is optional: wi
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
+import signal
 import statistics
 import sys
 from collections import defaultdict
@@ -54,15 +65,25 @@ PAPER_SECONDS = {
            "reversed": 3370.721, "parl": 1527.929},
 }
 # arguments that may differ between runs that are averaged together
+# the methods of the paper's claims whose smallest final mean KL is a task's default KL budget (docs/reproducing.md's
+# tuning protocol sets its budget the same way)
+BUDGET_METHODS = ("sta_naive", "sta_total", "iterated_dpo")
 FREE_ARGS = {"seed", "run_name", "output_dir", "resume", "device", "save_every", "track", "wandb_project",
              "wandb_entity", "tensorboard"}
 # per-iteration columns kept from metrics.csv: Figure 2's, and those tools/claims.py's measurements read
 SERIES = ("rm/loss", "rm/score_mean", "rm/score_std", "rm/accuracy", "cg/iterations", "cg/returned_iterate",
           "cg/breakdown", "cg/residual", "policy/naive_grad_norm", "policy/implicit_grad_norm")
 COLUMNS = ["task", "method", "n", "seeds", "final_reward_mean", "final_reward_std", "final_kl_mean", "final_kl_std",
-           "kl_budget", "pareto_best_reward", "pareto_best_kl", "s_per_iteration_mean", "s_per_iteration_std",
+           "kl_budget", "pareto_best_reward", "pareto_best_kl", "equal_kl_reward_mean", "equal_kl_reward_std",
+           "s_per_iteration_mean", "s_per_iteration_std",
            "s_per_run_mean", "s_per_run_std", "time_ratio_to_naive", "paper_s_per_run", "paper_ratio_to_naive",
            "prompts_seen", "pairs_queried", "pairs_kept", "diverged", "unfinished", "missing", "excluded"]
+
+
+def fail(message):
+    """Bad input: one line on stderr, exit 2, nothing written (common.fail's convention)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def number(row, *keys):
@@ -92,6 +113,19 @@ def pareto_front(points):
     return front
 
 
+def reward_at_kl(evals, budget):
+    """A run's reward at a KL budget, read off its upper reward-KL envelope (the tuning protocol of docs/reproducing.md):
+    the evaluations (dicts with "kl" and "reward", in order, iteration 0 at KL 0 included) joined in order by straight
+    lines, and the highest reward that path reaches at KL ≤ budget. A run that never reaches the budget scores its best
+    evaluation reward; nothing is extrapolated. None if the path never comes within the budget."""
+    points = [(e["kl"], e["reward"]) for e in evals if e["kl"] is not None and e["reward"] is not None]
+    reached = [r for k, r in points if k <= budget]  # the path's corners within the budget
+    for (k0, r0), (k1, r1) in zip(points, points[1:]):  # a segment that crosses the budget: its point at KL = budget
+        if min(k0, k1) < budget < max(k0, k1):
+            reached.append(r0 + (r1 - r0) * (budget - k0) / (k1 - k0))
+    return max(reached) if reached else None
+
+
 def method_of(config):
     """The grid's method name of a run: dpo.py --online is iterated DPO, sta_total.py --curvature gauss-newton is
     sta_total_gn (tools/grid.py's METHODS)."""
@@ -105,12 +139,16 @@ def method_of(config):
 
 def read_run(run_dir):
     """A run's config and metrics, reduced to what the figures and tables need."""
-    config = json.loads((run_dir / "config.json").read_text())
-    rows = []
+    config = json.loads((run_dir / "config.json").read_text(errors="replace"))
+    rows, cut = [], False
     if (run_dir / "metrics.csv").exists():
-        with open(run_dir / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+        text = (run_dir / "metrics.csv").read_text(errors="replace")
+        if text and not text.endswith("\n"):  # a process killed mid-write: its last row is cut, drop it
+            text, cut = text[:text.rfind("\n") + 1], True
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     status = config.get("status")
+    if cut:  # the run was stopped while writing, whatever config.json last said
+        status = "cut off (last metrics.csv row cut)"
     if status is None:  # runs written before config.json had a status
         status = "finished" if (run_dir / "policy").is_dir() else "running"
         log = run_dir / "run.log"
@@ -143,8 +181,16 @@ def load(root):
         if (d / "config.json").is_file() and not re.search(r"\.old-\d+$", d.name):
             try:
                 runs.append(read_run(d))
-            except (ValueError, KeyError) as e:  # not a run of these scripts, or a config.json cut short
-                print(f"skipped {d}: unreadable config.json or metrics.csv ({type(e).__name__}: {e})", file=sys.stderr)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # a config.json cut short, or not a run
+                # a run killed while writing config.json: listed as unfinished under its grid name task__method__seed
+                parts = d.name.split("__")
+                print(f"{d}: unreadable config.json or metrics.csv ({type(e).__name__}: {e}); listed as unfinished",
+                      file=sys.stderr)
+                if len(parts) == 3 and parts[2].isdigit():
+                    runs.append({"dir": d, "task": parts[0], "method": parts[1], "seed": int(parts[2]), "args": None,
+                                 "status": "unreadable (config.json or metrics.csv)", "evals": [], "iteration": None,
+                                 "s_per_iteration": None, "s_per_run": None, "prompts": None, "pairs": None,
+                                 "kept": None, "series": {key: {} for key in SERIES}, "history": []})
     by_key = defaultdict(list)
     for run in runs:
         by_key[(run["task"], run["method"])].append(run)
@@ -152,7 +198,10 @@ def load(root):
     for key, members in by_key.items():
         by_args = defaultdict(list)
         for run in members:
-            by_args[json.dumps(run["args"], sort_keys=True, default=str)].append(run)
+            if run["args"] is not None:  # an unreadable run joins the chosen arguments' seeds below
+                by_args[json.dumps(run["args"], sort_keys=True, default=str)].append(run)
+        if not by_args:
+            by_args["unreadable"] = []
         # the set of arguments with the most finished runs (then the most runs) is the one reported
         chosen = max(by_args, key=lambda a: (sum(r["status"] == "finished" for r in by_args[a]), len(by_args[a])))
         excluded = []
@@ -165,7 +214,8 @@ def load(root):
                                 f"{', '.join(r['dir'].name for r in others)}")
         per_seed = {}
         rank = {"finished": 0, "diverged": 1}
-        for run in sorted(by_args[chosen], key=lambda r: (rank.get(r["status"], 2), -r["dir"].stat().st_mtime)):
+        unreadable = [r for r in members if r["args"] is None]
+        for run in sorted(by_args[chosen] + unreadable, key=lambda r: (rank.get(r["status"], 2), -r["dir"].stat().st_mtime)):
             if run["seed"] in per_seed:
                 excluded.append(f"{run['dir'].name}: a second run of seed {run['seed']} "
                                 f"(using {per_seed[run['seed']]['dir'].name})")
@@ -212,16 +262,20 @@ def summarise(groups, kl_budget):
                 "pairs_kept": mean_std([r["kept"] for r in finished])[0],
                 "diverged": "; ".join(f"seed {r['seed']} after iteration {r['iteration']}" for r in group["runs"]
                                       if r["status"] == "diverged"),
-                "unfinished": "; ".join(f"seed {r['seed']} {r['status']} at iteration {r['iteration']}"
+                "unfinished": "; ".join(f"seed {r['seed']} {r['status']}"
+                                        + (f" at iteration {r['iteration']}" if r["iteration"] is not None else "")
                                         for r in group["runs"] if r["status"] not in ("finished", "diverged")),
                 "missing": " ".join(str(s) for s in expected if s not in seeds),
                 "excluded": "; ".join(group["excluded"]),
             })
-        # the KL budget: given, or the smallest final mean KL of the methods on this task (each method's best reward
-        # within the KL that the most conservative one ends at)
+        # the KL budget: given, or the smallest final mean KL among the methods of the claims (BUDGET_METHODS), as
+        # the tuning protocol sets it: a KL all three reach, so each is read where it has evaluations (the smallest
+        # over all methods is DRO-V's 7-10 nats, where every other method is read at iteration 0); without those
+        # methods, the smallest final mean KL of the task
         task_rows = [r for r in rows if r["task"] == task]
         finals = [r["final_kl_mean"] for r in task_rows if r["final_kl_mean"] is not None]
-        budget = kl_budget if kl_budget is not None else (min(finals) if finals else None)
+        claimed = [r["final_kl_mean"] for r in task_rows if r["method"] in BUDGET_METHODS and r["final_kl_mean"] is not None]
+        budget = kl_budget if kl_budget is not None else (min(claimed) if claimed else min(finals) if finals else None)
         naive = next((r["s_per_run_mean"] for r in task_rows if r["method"] == "sta_naive"), None)
         paper = PAPER_SECONDS.get(task, {})
         for row in task_rows:
@@ -229,7 +283,10 @@ def summarise(groups, kl_budget):
             within = [p for p in front if budget is not None and p[0] <= budget]
             best = max(within, key=lambda p: p[1]) if within else (None, None)
             measured, published = row["s_per_run_mean"], paper.get(row["method"])
+            finished = [r for r in groups.get((task, row["method"]), {"runs": []})["runs"] if r["status"] == "finished"]
+            at_budget = mean_std([reward_at_kl(r["evals"], budget) for r in finished] if budget is not None else [])
             row.update({"kl_budget": budget, "pareto_best_reward": best[1], "pareto_best_kl": best[0],
+                        "equal_kl_reward_mean": at_budget[0], "equal_kl_reward_std": at_budget[1],
                         "time_ratio_to_naive": measured / naive if naive and measured else None,
                         "paper_s_per_run": published,
                         "paper_ratio_to_naive": published / paper["sta_naive"] if published else None})
@@ -244,9 +301,11 @@ def fmt(value, std=None, digits=2):
 
 
 def active_time(runs):
-    """(seconds during which at least one run was running, first start, last stop, the runs' own seconds added up), from
-    the start/resume and stop events of the runs' config.json histories: a grid's wall time without its pauses. A part
-    with no stop event (a crash, or a run still going) is left out."""
+    """(seconds during which at least one run was running, first start, last stop, the runs' own seconds added up): the
+    first three from the start/resume and stop events of the runs' config.json histories, a grid's wall time without its
+    pauses (a part with no stop event, a crash or a run still going, is left out); the last from each run's own
+    wall_time, metrics.csv's last row, which a resumed run carries on from its checkpoint, so the part before a crash
+    that left no stop event counts too."""
     from datetime import datetime
 
     parts = []
@@ -265,7 +324,7 @@ def active_time(runs):
     for a, b in sorted(parts):  # the union of the intervals
         total += max(0.0, b - max(a, end))
         end = max(end, b)
-    return total, min(a for a, _ in parts), max(b for _, b in parts), sum(b - a for a, b in parts)
+    return total, min(a for a, _ in parts), max(b for _, b in parts), sum(r["s_per_run"] or 0.0 for r in runs)
 
 
 def headline(rows):
@@ -321,18 +380,24 @@ def markdown(rows, root, groups, figures, kl_budget):
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
         budget = task_rows[0]["kl_budget"]
-        where = "given with `--kl-budget`" if kl_budget is not None else "the smallest final mean KL on this task"
+        where = ("given with `--kl-budget`" if kl_budget is not None else
+                 "the smallest final mean KL among Naive STA, Total STA and iterated DPO, the methods of the claims, as "
+                 "the tuning protocol of docs/reproducing.md sets its budget; each of the three has evaluations up to it")
         lines += [f"## {TASK_NAMES.get(task, task)}", "",
-                  f"KL budget for the Pareto column: {fmt(budget)} ({where}).", "",
-                  "| method | n | final reward | final KL | best Pareto reward at KL ≤ budget (its KL) | s/iteration | s/run "
-                  "| prompts seen | pairs queried | pairs kept | not averaged |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"KL budget: {fmt(budget)} ({where}). Reward at the budget: per seed, the highest reward that the run's "
+                  "evaluations joined in order by straight lines (iteration 0 at KL 0 included) reach at KL ≤ budget, "
+                  "its best evaluation if it never reaches the budget, then mean ± std over seeds; best Pareto reward: "
+                  "on the front of the seed-averaged curve.", "",
+                  "| method | n | final reward | final KL | reward at KL ≤ budget | best Pareto reward at KL ≤ budget (its KL) "
+                  "| s/iteration | s/run | prompts seen | pairs queried | pairs kept | not averaged |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in task_rows:
             notes = [f"{what}: {r[key]}" for key, what in [("diverged", "diverged"), ("unfinished", "unfinished"),
                                                            ("missing", "missing seeds")] if r[key]]
             best = r["pareto_best_reward"] is not None and f"{fmt(r['pareto_best_reward'])} ({fmt(r['pareto_best_kl'])})"
             cells = [NAMES.get(r["method"], r["method"]), r["n"], fmt(r["final_reward_mean"], r["final_reward_std"]),
-                     fmt(r["final_kl_mean"], r["final_kl_std"]), best or "–",
+                     fmt(r["final_kl_mean"], r["final_kl_std"]), fmt(r["equal_kl_reward_mean"], r["equal_kl_reward_std"]),
+                     best or "–",
                      fmt(r["s_per_iteration_mean"], r["s_per_iteration_std"], 3),
                      fmt(r["s_per_run_mean"], r["s_per_run_std"], 1), fmt(r["prompts_seen"], digits=0),
                      fmt(r["pairs_queried"], digits=0), fmt(r["pairs_kept"], digits=0), "; ".join(notes) or "–"]
@@ -360,7 +425,7 @@ def markdown(rows, root, groups, figures, kl_budget):
 
 
 def plot(rows, curves, groups, out, x_axes="both"):
-    """The four figures; returns a line per figure for results.md."""
+    """The five figures; returns a line per figure for results.md."""
     try:
         import matplotlib
 
@@ -430,6 +495,30 @@ def plot(rows, curves, groups, out, x_axes="both"):
         legend_below(ax)
     save(fig, "figure1_pareto.png", "KL-reward Pareto fronts (dotted: the KL budget of the table)")
 
+    fig, axes = panels(legend_below=True)
+    for col, task in enumerate(tasks):
+        ax = axes[0][col]
+        runs = {m: [r for r in groups.get((task, m), {"runs": []})["runs"] if r["status"] == "finished" and r["evals"]]
+                for m in methods}
+        top = max((r["evals"][-1]["kl"] or 0.0 for rs in runs.values() for r in rs), default=0.0)
+        budgets = [top * i / 60 for i in range(61)]
+        for method in methods:
+            if not runs[method]:
+                continue
+            at = [mean_std([reward_at_kl(r["evals"], b) for r in runs[method]]) for b in budgets]
+            mean, std = [a[0] for a in at], [a[1] or 0.0 for a in at]
+            ax.plot(budgets, mean, color=COLOURS.get(method), label=f"{NAMES.get(method, method)} (n={len(runs[method])})")
+            ax.fill_between(budgets, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=COLOURS.get(method), alpha=0.15, linewidth=0)
+        budget = next(r["kl_budget"] for r in rows if r["task"] == task)
+        if budget is not None:
+            ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
+        ax.set(title=TASK_NAMES.get(task, task), xlabel="KL budget (nats)", ylabel="reward at KL ≤ budget")
+        legend_below(ax)
+    save(fig, "equal_kl.png", "reward at equal KL: per seed the highest reward of the run's reward-KL path within the "
+         "KL budget (its best evaluation once the budget is past its last KL), mean ± std over seeds, against the "
+         "budget (dotted: the table's budget)")
+
     sta = [m for m in ("sta_naive", "sta_total", "sta_total_gn") if any(curves.get((t, m)) for t in tasks)]
     if not sta:
         notes.append("- `figure2_convergence.png`: not drawn, no finished Naive or Total STA run")
@@ -462,16 +551,19 @@ if __name__ == "__main__":
     parser.add_argument("runs", help="folder of run directories (tools/grid.py's --output-dir)")
     parser.add_argument("--out", default="results", help="folder for the figures, results.md and results.csv")
     parser.add_argument("--kl-budget", type=float, default=None,
-                        help="KL budget of the Pareto column (default: per task, the smallest final mean KL)")
+                        help="KL budget of the equal-KL and Pareto columns (default: per task, the smallest final "
+                             "mean KL among Naive STA, Total STA and iterated DPO)")
     parser.add_argument("--x", choices=["prompts", "pairs", "both"], default="both",
                         help="x-axis of Figure 1: prompts seen (figure1_reward.png, D18), pairs queried "
                              "(figure1_reward_pairs.png) or both")
     cli = parser.parse_args()
+    if hasattr(signal, "SIGPIPE"):  # `| head` ends the tool quietly, not with a BrokenPipeError traceback
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not Path(cli.runs).is_dir():
-        raise SystemExit(f"error: {cli.runs} is not a folder")
+        fail(f"{cli.runs} is not a folder")
     groups = load(cli.runs)
     if not groups:
-        raise SystemExit(f"error: no run directories (with config.json) under {cli.runs}")
+        fail(f"no run directories (with config.json) under {cli.runs}")
     out = Path(cli.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, curves = summarise(groups, cli.kl_budget)
@@ -481,4 +573,4 @@ if __name__ == "__main__":
         writer.writerows({k: "" if r[k] is None else r[k] for k in COLUMNS} for r in rows)
     figures = plot(rows, curves, groups, out, cli.x)
     (out / "results.md").write_text(markdown(rows, cli.runs, groups, figures, cli.kl_budget))
-    print(f"wrote to {out}: results.md, results.csv" + "".join(f", {p.name}" for p in sorted(out.glob("figure*.png"))))
+    print(f"wrote to {out}: results.md, results.csv" + "".join(f", {p.name}" for p in sorted(out.glob("*.png"))))
