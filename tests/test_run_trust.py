@@ -66,7 +66,7 @@ def test_every_resume_continues_with_the_latest_arguments_and_the_history_keeps_
                       ("resume", 3, {"iterations": [3, 4]}), ("finished", 4, None)]
     assert all(e["torch_threads"] == 1 for e in saved["history"] if e["event"] in ("start", "resume"))
     # bit-identity holds only on the same CPU model and thread count (docs/running.md): every part names its CPU
-    assert all(e["cpu_model"] == common._cpu_model() and "family" in e["cpu_model"] for e in saved["history"]
+    assert all(e["cpu_model"] == common._cpu_model() != "" for e in saved["history"]
                if e["event"] in ("start", "resume"))
     assert [int(r["iteration"]) for r in read_metrics(run_dir)] == [0, 1, 2, 3, 4]
     wall = [float(r["wall_time"]) for r in read_metrics(run_dir)]
