@@ -658,7 +658,8 @@ class Range:
     low_open: bool = False
 
     def holds(self, value):
-        return math.isfinite(value) and (value > self.low if self.low_open else value >= self.low) and value <= self.high
+        finite = isinstance(value, int) or math.isfinite(value)  # an int beyond a float's range is finite too
+        return finite and (value > self.low if self.low_open else value >= self.low) and value <= self.high
 
     def __str__(self):
         if self.high < math.inf:

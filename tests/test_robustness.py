@@ -66,6 +66,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, promp
         "seed beyond torch's": ([*base, "--seed", str(2**64)], "--seed: must be an integer in [0, 18446744073709551615]"),
         "output dir that is a file": (base, "is a file, not a folder"),  # its --output-dir is made a file below
         "run name '.'": ([*base, "--run-name", "."], "is a path"),
+        "run name '..'": ([*base, "--run-name", ".."], "is a path"),
         "run name longer than NAME_MAX": ([*base, "--run-name", "x" * (os.pathconf(tmp_path, "PC_NAME_MAX") + 1)],
                                           "this file system takes names of at most"),
         "truncated safetensors": ([*base, "--model", truncated], f"could not load model '{truncated}'"),
