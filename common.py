@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 try:
@@ -188,8 +189,11 @@ def _read_prompts(source, split):
         try:
             rows = [json.loads(line) for line in lines]
             prompts = [r["prompt"] if "prompt" in r else r["data"][0] for r in rows]
+            if not all(isinstance(p, str) for p in prompts):
+                raise TypeError("a prompt that is not a string")
         except (ValueError, KeyError, IndexError, TypeError):
-            fail(f"prompts file {source!r}: every line must be a JSON object with a 'prompt' (or UltraChat 'data') field")
+            fail(f"prompts file {source!r}: every line must be a JSON object with a 'prompt' (or UltraChat 'data') "
+                 f"field whose value is a string")
     else:
         prompts = lines
     prompts = [p.strip() for p in prompts if p.strip()]
@@ -280,6 +284,7 @@ def hub_reachable(timeout=3.0):
 def _load(loader, name, **kwargs):
     """loader.from_pretrained for a model name (model_source), quietly: transformers' load report and progress bars
     are off (a fresh reward head is expected, D5; load_model reports anything else missing)."""
+    from safetensors import SafetensorError
     from transformers.utils import logging
 
     path, extra = model_source(name)
@@ -290,7 +295,7 @@ def _load(loader, name, **kwargs):
     logging.disable_progress_bar()
     try:
         return loader.from_pretrained(path, **extra, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a truncated or corrupt weights file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(f"could not load model {name!r} ({first[:200]}); {OFFLINE_HINT}")
     finally:
@@ -300,7 +305,7 @@ def _load(loader, name, **kwargs):
 def load_model(loader, name, expected_missing="", **kwargs):
     """_load for weights: one warning line when weights other than `expected_missing` (a name prefix, e.g. the
     reward model's fresh head) are missing from the checkpoint and were initialised at random."""
-    model, info = _load(loader, name, output_loading_info=True, **kwargs)
+    model, info = _load(loader, name, output_loading_info=True, use_safetensors=True, **kwargs)  # never unpickle weights
     missing = sorted(k for k in info["missing_keys"] if not (expected_missing and k.startswith(expected_missing)))
     if missing:
         print(f"warning: {name}: {len(missing)} weight(s) missing from the checkpoint, initialised at random: "
@@ -663,6 +668,35 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
 # ---------------------------------------------------------------------------------------------------- run plumbing
 # Laptop scale (`--laptop`): the shipped model and prompts, on the CPU; each script adds its learning rates.
 LAPTOP = dict(model="laptop", prompts="bundled", device="cpu", iterations=100)
+# torch.manual_seed takes 64-bit seeds, up to 2**64 - 1 (random.seed any integer); negative ones would alias large ones
+SEEDS = (0, 2**64 - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric Args field, declared beside it: `Annotated[int, common.Range(1)]` (≥ 1),
+    `Range(0, 1)` (in [0, 1]), `Range(0, low_open=True)` (> 0). parse_args refuses any other value, and nan or ±inf,
+    before anything is written."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+
+    def holds(self, value):
+        finite = isinstance(value, int) or math.isfinite(value)  # an int beyond a float's range is finite too
+        return finite and (value > self.low if self.low_open else value >= self.low) and value <= self.high
+
+    def __str__(self):
+        if self.high < math.inf:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+        return f"{'>' if self.low_open else '≥'} {self.low}"
+
+
+def field_ranges(Args):
+    """{field name: its Range} for the fields of Args that declare one."""
+    hints = typing.get_type_hints(Args, include_extras=True)
+    return {f.name: r for f in dataclasses.fields(Args) for r in getattr(hints[f.name], "__metadata__", ())
+            if isinstance(r, Range)}
 
 
 def parse_args(Args, laptop_overrides):
@@ -672,9 +706,9 @@ def parse_args(Args, laptop_overrides):
     import tyro
 
     argv, script = sys.argv[1:], Path(sys.argv[0]).name
-    default = None
+    default, preset = None, {**LAPTOP, **laptop_overrides}
     if "--laptop" in argv:
-        default = dataclasses.replace(Args(), **{**LAPTOP, **laptop_overrides, "laptop": True})
+        default = dataclasses.replace(Args(), **preset, laptop=True)
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("--resume=")), None)
     if "--resume" in argv and argv.index("--resume") + 1 < len(argv):
         resume = argv[argv.index("--resume") + 1]
@@ -693,21 +727,18 @@ def parse_args(Args, laptop_overrides):
                  f"resume it with `python {written_by} --resume {resume}`")
         fields = {f.name for f in dataclasses.fields(Args)}
         default = dataclasses.replace(Args(), **{k: v for k, v in config["args"].items() if k in fields})
-    args = tyro.cli(Args, default=default, args=argv)
-    for field in ("batch_size", "samples_per_prompt", "iterations", "max_new_tokens", "prompt_len", "eval_every",
-                  "eval_batch_size", "inner_steps", "ppo_epochs", "minibatches"):
-        if hasattr(args, field) and getattr(args, field) <= 0:
-            fail(f"--{field.replace('_', '-')} must be positive (got {getattr(args, field)})")
-    for field in (f.name for f in dataclasses.fields(Args) if f.name.endswith("_lr")):
-        if not getattr(args, field) > 0:
-            fail(f"--{field.replace('_', '-')} must be positive (got {getattr(args, field)})")
-    if getattr(args, "samples_per_prompt", 2) < 2:
-        fail(f"--samples-per-prompt must be at least 2 to form a pair (got {args.samples_per_prompt})")
-    for field in ("beta", "tau", "save_every", "cg_damping", "clip_eps", "gamma", "lam"):
-        if hasattr(args, field) and not getattr(args, field) >= 0:
-            fail(f"--{field.replace('_', '-')} must be non-negative (got {getattr(args, field)})")
-    if args.run_name and ("/" in args.run_name or "\\" in args.run_name or ".." in args.run_name):
-        fail(f"--run-name {args.run_name!r} is a path: give a plain name (no '/', no '..'); runs go under --output-dir")
+    flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in preset.items())
+    description = f"--laptop sets {flags}; flags given explicitly override it."
+    args = tyro.cli(Args, default=default, args=argv, description=description)
+    for field, valid in field_ranges(Args).items():
+        value = getattr(args, field)
+        if not valid.holds(value):
+            kind = "an integer" if isinstance(value, int) else "a finite number"
+            fail(f"--{field.replace('_', '-')}: must be {kind} {valid} (got {value})")
+    if args.run_name and ("/" in args.run_name or "\\" in args.run_name or ".." in args.run_name or args.run_name == "."):
+        fail(f"--run-name {args.run_name!r} is a path: give a plain name (no '/', no '.' or '..'); runs go under --output-dir")
+    if not args.resume:
+        check_output_dir(args.output_dir, args.run_name)
     if args.run_name and not args.resume and (Path(args.output_dir) / args.run_name).exists():
         fail(f"run directory {Path(args.output_dir) / args.run_name} already exists: pass another --run-name, "
              f"or --resume it")
@@ -718,6 +749,18 @@ def parse_args(Args, laptop_overrides):
     check_task(args.task)
     check_lengths(args.model, args.prompt_len, args.max_new_tokens)
     return args
+
+
+def check_output_dir(output_dir, run_name):
+    """--output-dir must be a folder, or a path to create below one; --run-name must fit the file system's NAME_MAX."""
+    existing = Path(output_dir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"--output-dir {output_dir}: {existing} is a file, not a folder: pass a folder (it is created if missing)")
+    limit = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if len(os.fsencode(run_name)) > limit:
+        fail(f"--run-name is {len(os.fsencode(run_name))} bytes long: this file system takes names of at most {limit}")
 
 
 def check_device(device):

@@ -26,6 +26,7 @@ off (D20).
 """
 
 import dataclasses
+from typing import Annotated
 
 import torch
 from tqdm import tqdm
@@ -37,10 +38,11 @@ import common
 class Args:
     task: str = "wc"
     """task: wc (word collector), cwc (constrained word collector) or un (unique nouns)"""
-    seed: int = 467
+    seed: Annotated[int, common.Range(*common.SEEDS)] = 467
     """random seed (the paper's: 467, 532, 6518, 7107, 8688)"""
     laptop: bool = False
-    """laptop scale: the shipped small OPT model and bundled prompts on the CPU, with the preset's learning rates"""
+    """laptop scale: the preset listed at the top of --help (the shipped small OPT model and bundled prompts on the CPU,
+    this script's learning rates); flags given explicitly override it"""
     model: str = "facebook/opt-125m"
     """reference model: a hub id or local directory, 'laptop' (shipped) or 'smollm2' (SmolLM2-135M-Instruct, GGUF)"""
     prompts: str = "ultrachat"
@@ -51,7 +53,7 @@ class Args:
     """runs are written to {output_dir}/{run_name}/"""
     run_name: str = ""
     """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
-    save_every: int = 0
+    save_every: Annotated[int, common.Range(0)] = 0
     """write a checkpoint every this many iterations (0: only on Ctrl-C and SIGTERM)"""
     resume: str = ""
     """continue the run in this directory from its checkpoint, with its latest arguments (flags given here override
@@ -64,25 +66,25 @@ class Args:
     """Weights & Biases entity (user or team) of --track; empty: your default"""
     tensorboard: bool = False
     """also write TensorBoard event files beside metrics.csv (pip install tensorboard)"""
-    iterations: int = 1000
+    iterations: Annotated[int, common.Range(1)] = 1000
     """T: outer iterations (D19)"""
-    batch_size: int = 16
+    batch_size: Annotated[int, common.Range(1)] = 16
     """B: prompts per iteration"""
-    samples_per_prompt: int = 4
+    samples_per_prompt: Annotated[int, common.Range(2)] = 4
     """k: continuations per prompt in the offline data; each is its own triplet (x, y, r) (D17)"""
-    prompt_len: int = 16
+    prompt_len: Annotated[int, common.Range(2)] = 16
     """prompts are cut to this many tokens, BOS included (D1)"""
-    max_new_tokens: int = 75
+    max_new_tokens: Annotated[int, common.Range(1)] = 75
     """continuation length; generation stops earlier at EOS (D1)"""
-    tau: float = 1.0
+    tau: Annotated[float, common.Range(0)] = 1.0
     """τ: weight of the KL regulariser (eq. 1), on rewards normalised to mean 0 / std 1"""
-    policy_lr: float = 1e-6
+    policy_lr: Annotated[float, common.Range(0, low_open=True)] = 1e-6
     """RMSprop learning rate of the language model"""
-    value_lr: float = 1e-5
+    value_lr: Annotated[float, common.Range(0, low_open=True)] = 1e-5
     """AdamW learning rate of the value network V_φ"""
-    eval_every: int = 10
+    eval_every: Annotated[int, common.Range(1)] = 10
     """evaluate at iteration 0 and every this many iterations (D19)"""
-    eval_batch_size: int = 32
+    eval_batch_size: Annotated[int, common.Range(1)] = 32
     """test prompts per generation batch in the evaluation"""
 
 

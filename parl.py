@@ -23,7 +23,7 @@ dropout is off (D20).
 """
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,11 @@ import common
 class Args:
     task: str = "wc"
     """task: wc (word collector), cwc (constrained word collector) or un (unique nouns)"""
-    seed: int = 467
+    seed: Annotated[int, common.Range(*common.SEEDS)] = 467
     """random seed (the paper's: 467, 532, 6518, 7107, 8688)"""
     laptop: bool = False
-    """laptop scale: the shipped small OPT model and bundled prompts on the CPU, with the preset's learning rates"""
+    """laptop scale: the preset listed at the top of --help (the shipped small OPT model and bundled prompts on the CPU,
+    this script's learning rates); flags given explicitly override it"""
     model: str = "facebook/opt-125m"
     """reference model: a hub id or local directory, 'laptop' (shipped) or 'smollm2' (SmolLM2-135M-Instruct, GGUF)"""
     prompts: str = "ultrachat"
@@ -50,7 +51,7 @@ class Args:
     """runs are written to {output_dir}/{run_name}/"""
     run_name: str = ""
     """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
-    save_every: int = 0
+    save_every: Annotated[int, common.Range(0)] = 0
     """write a checkpoint every this many iterations (0: only on Ctrl-C and SIGTERM)"""
     resume: str = ""
     """continue the run in this directory from its checkpoint, with its latest arguments (flags given here override
@@ -63,31 +64,31 @@ class Args:
     """Weights & Biases entity (user or team) of --track; empty: your default"""
     tensorboard: bool = False
     """also write TensorBoard event files beside metrics.csv (pip install tensorboard)"""
-    iterations: int = 200
+    iterations: Annotated[int, common.Range(1)] = 200
     """T: outer iterations, S·B prompts each (200: the 16,000 prompts of the others' 1000 iterations, D18/D19)"""
-    batch_size: int = 16
+    batch_size: Annotated[int, common.Range(1)] = 16
     """B: prompts per inner step (S·B per outer iteration)"""
-    samples_per_prompt: int = 4
+    samples_per_prompt: Annotated[int, common.Range(2)] = 4
     """k: continuations per prompt; the oracle's best and worst form a pair (D8)"""
-    prompt_len: int = 16
+    prompt_len: Annotated[int, common.Range(2)] = 16
     """prompts are cut to this many tokens, BOS included (D1)"""
-    max_new_tokens: int = 75
+    max_new_tokens: Annotated[int, common.Range(1)] = 75
     """continuation length; generation stops earlier at EOS (D1)"""
-    beta: float = 0.1
+    beta: Annotated[float, common.Range(0)] = 0.1
     """β: weight of KL(π_θ ‖ π_ref) in the LM objective (eq. 8)"""
-    policy_lr: float = 1e-6
+    policy_lr: Annotated[float, common.Range(0, low_open=True)] = 1e-6
     """RMSprop learning rate of the language model"""
-    inner_steps: int = 5
+    inner_steps: Annotated[int, common.Range(1)] = 5
     """S: language-model steps per outer iteration, each on a fresh prompt batch"""
-    rm_lr: float = 1e-5
+    rm_lr: Annotated[float, common.Range(0, low_open=True)] = 1e-5
     """AdamW learning rate of the reward model"""
-    rm_weight_decay: float = 0.0
+    rm_weight_decay: Annotated[float, common.Range(0)] = 0.0
     """AdamW weight decay of the reward model (the authors' --regularize_pref)"""
     pg_baseline: Literal["none", "batch_mean"] = "none"
     """subtract the batch mean of the RM scores in REINFORCE (the paper has no baseline)"""
-    eval_every: int = 2
+    eval_every: Annotated[int, common.Range(1)] = 2
     """evaluate at iteration 0 and every this many iterations (2: every 160 prompts, as the others' 10, D19)"""
-    eval_batch_size: int = 32
+    eval_batch_size: Annotated[int, common.Range(1)] = 32
     """test prompts per generation batch in the evaluation"""
 
 

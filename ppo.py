@@ -27,6 +27,7 @@ EOS), and a continuation without an EOS gets no penalty (N+ replaces its score b
 """
 
 import dataclasses
+from typing import Annotated
 
 import torch
 from tqdm import tqdm
@@ -38,10 +39,11 @@ import common
 class Args:
     task: str = "wc"
     """task: wc (word collector), cwc (constrained word collector) or un (unique nouns)"""
-    seed: int = 467
+    seed: Annotated[int, common.Range(*common.SEEDS)] = 467
     """random seed (the paper's: 467, 532, 6518, 7107, 8688)"""
     laptop: bool = False
-    """laptop scale: the shipped small OPT model and bundled prompts on the CPU, with the preset's learning rates"""
+    """laptop scale: the preset listed at the top of --help (the shipped small OPT model and bundled prompts on the CPU,
+    this script's learning rates); flags given explicitly override it"""
     model: str = "facebook/opt-125m"
     """reference model: a hub id or local directory, 'laptop' (shipped) or 'smollm2' (SmolLM2-135M-Instruct, GGUF)"""
     prompts: str = "ultrachat"
@@ -52,7 +54,7 @@ class Args:
     """runs are written to {output_dir}/{run_name}/"""
     run_name: str = ""
     """name of the run directory (default: {task}__{algo}__{seed}__{unix_time})"""
-    save_every: int = 0
+    save_every: Annotated[int, common.Range(0)] = 0
     """write a checkpoint every this many iterations (0: only on Ctrl-C and SIGTERM)"""
     resume: str = ""
     """continue the run in this directory from its checkpoint, with its latest arguments (flags given here override
@@ -65,35 +67,35 @@ class Args:
     """Weights & Biases entity (user or team) of --track; empty: your default"""
     tensorboard: bool = False
     """also write TensorBoard event files beside metrics.csv (pip install tensorboard)"""
-    iterations: int = 1000
+    iterations: Annotated[int, common.Range(1)] = 1000
     """T: outer iterations (D19)"""
-    batch_size: int = 16
+    batch_size: Annotated[int, common.Range(1)] = 16
     """B: prompts per iteration"""
-    samples_per_prompt: int = 4
+    samples_per_prompt: Annotated[int, common.Range(2)] = 4
     """k: continuations per prompt; all kB sequences are PPO samples (as the authors' code)"""
-    prompt_len: int = 16
+    prompt_len: Annotated[int, common.Range(2)] = 16
     """prompts are cut to this many tokens, BOS included (D1)"""
-    max_new_tokens: int = 75
+    max_new_tokens: Annotated[int, common.Range(1)] = 75
     """continuation length; generation stops earlier at EOS (D1)"""
-    beta: float = 0.1
+    beta: Annotated[float, common.Range(0)] = 0.1
     """β: per-token k1 KL penalty in the reward, r_t = −β (log π_θ − log π_ref) (D15)"""
-    policy_lr: float = 1e-6
+    policy_lr: Annotated[float, common.Range(0, low_open=True)] = 1e-6
     """RMSprop learning rate of the language model"""
-    critic_lr: float = 1e-5
+    critic_lr: Annotated[float, common.Range(0, low_open=True)] = 1e-5
     """AdamW learning rate of the critic (the paper's)"""
-    gamma: float = 1.0
+    gamma: Annotated[float, common.Range(0, 1)] = 1.0
     """γ: discount of GAE"""
-    lam: float = 0.95
+    lam: Annotated[float, common.Range(0, 1)] = 0.95
     """λ: GAE parameter (0: one-step TD advantages, 1: Monte-Carlo returns minus V)"""
-    clip_eps: float = 0.2
+    clip_eps: Annotated[float, common.Range(0)] = 0.2
     """ε: clipping range of the probability ratio (eq. 7)"""
-    ppo_epochs: int = 4
+    ppo_epochs: Annotated[int, common.Range(1)] = 4
     """PPO epochs over each rollout (the paper's "4 PPO update steps per trajectory batch")"""
-    minibatches: int = 1
+    minibatches: Annotated[int, common.Range(1)] = 1
     """minibatches per epoch: 1 = one step on all kB sequences (the authors' code), M = M shuffled minibatches"""
-    eval_every: int = 10
+    eval_every: Annotated[int, common.Range(1)] = 10
     """evaluate at iteration 0 and every this many iterations (D19)"""
-    eval_batch_size: int = 32
+    eval_batch_size: Annotated[int, common.Range(1)] = 32
     """test prompts per generation batch in the evaluation"""
 
 

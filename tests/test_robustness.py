@@ -2,14 +2,18 @@
 bad input, divergence, Ctrl-C, checkpoints and exact resume, reproducibility, final weights. Each run is its own
 process, forked from a warm interpreter (conftest.ForkedRun) unless a test needs a fresh one."""
 
+import os
 import re
+import shutil
 import signal
 import time
 
 import pytest
 import torch
 
-from conftest import SCRIPTS, TINY, read_metrics, start_script
+from safetensors.torch import load_file
+
+from conftest import SCRIPTS, TEST_MODEL, TINY, read_metrics, start_script
 
 
 def tiny(prompts_file, task="wc"):
@@ -35,9 +39,17 @@ def run_all(commands, tmp_path, env=None, fresh_interpreter=False):
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, prompts_file):
     """Each bad input ends the run with exit status 2 and one `error: ...` line that names the problem (no traceback)
     before anything is written. Every case is its own process; the first also runs in a fresh interpreter."""
-    empty, latin1 = tmp_path / "empty.txt", tmp_path / "latin1.txt"
+    empty, latin1, numbers = tmp_path / "empty.txt", tmp_path / "latin1.txt", tmp_path / "numbers.jsonl"
     empty.write_text("\n \n")
     latin1.write_bytes("caf\xe9 au lait?\n".encode("latin-1") * 10)
+    numbers.write_text("".join(f'{{"prompt": {i}}}\n' for i in range(40)))
+    truncated, pickled = tmp_path / "truncated-model", tmp_path / "pickle-model"
+    for model in (truncated, pickled):
+        shutil.copytree(TEST_MODEL, model)
+    weights = truncated / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")  # what from_pretrained unpickles
+    (pickled / "model.safetensors").unlink()
     no_model, missing = tmp_path / "no-such-model", tmp_path / "missing.txt"
     base = [f"{script}.py", *tiny(prompts_file)]
     cases = {  # name: (command, a distinctive part of its error line)
@@ -47,11 +59,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, promp
         "missing prompts file": ([*base, "--prompts", missing], f"prompts file '{missing}' not found"),
         "empty prompts file": ([*base, "--prompts", empty], "has 0 prompt(s)"),
         "non-UTF-8 prompts file": ([*base, "--prompts", latin1], "is not UTF-8 text"),
-        "batch size 0": ([*base, "--batch-size", "0"], "--batch-size must be positive"),
-        "iterations -1": ([*base, "--iterations", "-1"], "--iterations must be positive"),
+        "JSONL prompts that are not strings": ([*base, "--prompts", numbers], "whose value is a string"),
+        "batch size 0": ([*base, "--batch-size", "0"], "--batch-size: must be an integer ≥ 1 (got 0)"),
+        "iterations -1": ([*base, "--iterations", "-1"], "--iterations: must be an integer ≥ 1 (got -1)"),
+        "prompt length 1 (BOS only)": ([*base, "--prompt-len", "1"], "--prompt-len: must be an integer ≥ 2"),
+        "seed beyond torch's": ([*base, "--seed", str(2**64)], "--seed: must be an integer in [0, 18446744073709551615]"),
+        "output dir that is a file": (base, "is a file, not a folder"),  # its --output-dir is made a file below
+        "run name '.'": ([*base, "--run-name", "."], "is a path"),
+        "run name '..'": ([*base, "--run-name", ".."], "is a path"),
+        "run name longer than NAME_MAX": ([*base, "--run-name", "x" * (os.pathconf(tmp_path, "PC_NAME_MAX") + 1)],
+                                          "this file system takes names of at most"),
+        "truncated safetensors": ([*base, "--model", truncated], f"could not load model '{truncated}'"),
+        "pickle weights only": ([*base, "--model", pickled], "no file named model.safetensors"),
         "resume from nowhere": ([*base, "--resume", tmp_path / "nowhere"], "not a run directory"),
         "positions beyond the model's": ([*base, "--max-new-tokens", "200"], "exceed the 128 positions"),
-        "negative policy lr": ([*base, "--policy-lr", "-1"], "--policy-lr must be positive"),
+        "negative policy lr": ([*base, "--policy-lr", "-1"], "--policy-lr: must be a finite number > 0"),
         "run name with a path": ([*base, "--run-name", "../../x"], "is a path"),
         "batch larger than the prompts": ([*base, "--batch-size", "33"], "--batch-size 33 is larger than the 32 train prompts"),
         "not a torch device": ([*base, "--device", "gpu0"], "is not a torch device"),
@@ -62,12 +84,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, promp
     help_text = help_run.communicate(timeout=300)[0]
     assert help_run.returncode == 0 and "--batch-size" in help_text, help_text
     if "--samples-per-prompt" in help_text:
-        cases["one sample per prompt"] = ([*base, "--samples-per-prompt", "1"], "--samples-per-prompt must be at least 2")
+        cases["one sample per prompt"] = ([*base, "--samples-per-prompt", "1"], "--samples-per-prompt: must be an integer ≥ 2")
     for lr in sorted(set(re.findall(r"--[a-z-]+-lr\b", help_text)) - {"--policy-lr"}):  # every learning rate, 0 too
-        cases[f"zero {lr}"] = ([*base, lr, "0"], f"{lr} must be positive")
+        cases[f"zero {lr}"] = ([*base, lr, "0"], f"{lr}: must be a finite number > 0")
     for coef in ("--beta", "--tau"):
         if coef in help_text:
-            cases[f"negative {coef}"] = ([*base, coef, "-0.1"], f"{coef} must be non-negative")
+            cases[f"negative {coef}"] = ([*base, coef, "-0.1"], f"{coef}: must be a finite number ")
+            cases[f"infinite {coef}"] = ([*base, coef, "inf"], f"{coef}: must be a finite number ")
+    a_file = tmp_path / f"case{list(cases).index('output dir that is a file')}"  # run_all's --output-dir of that case
+    a_file.write_text("not a folder\n")
     env = {"HF_HUB_OFFLINE": "1"}
     fresh = start(cases["unknown task"][0], tmp_path / "fresh", env=env, fresh_interpreter=True)  # runs meanwhile
     results = dict(zip(cases, run_all([command for command, _ in cases.values()], tmp_path, env=env)))
@@ -78,7 +103,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, promp
         assert code == 2, f"{name}: exit {code}\n{stderr[-2000:]}"
         assert lines and lines[-1].startswith("error: ") and "Traceback" not in stderr, f"{name}: {stderr[-2000:]}"
         assert cases[name][1] in lines[-1], f"{name}: failed for another reason: {lines[-1]}"
-        assert not out.exists() or not any(out.iterdir()), f"{name}: wrote {list(out.iterdir())}"
+        assert not out.is_dir() or not any(out.iterdir()), f"{name}: wrote {list(out.iterdir())}"
+    assert a_file.read_text() == "not a folder\n"
     assert not (tmp_path.parent / "x").exists()  # the path-like run name wrote nothing outside --output-dir
 
 

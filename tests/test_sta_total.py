@@ -376,8 +376,9 @@ def policy_weights(run_dir):
 
 
 def test_total_reduces_to_naive_bit_for_bit(model_dir, tmp_path):
-    """SPEC §15.4 #23 on the laptop model, whole script: --no-implicit and u = 0 (--cg-iterations 0, as b = 0 gives)
-    reproduce sta_naive.py exactly (metrics and final weights), while the default run moves the policy elsewhere.
+    """SPEC §15.4 #23 on the laptop model, whole script: --no-implicit and u = 0 (CG stopped before its first step, as
+    b = 0 gives) reproduce sta_naive.py exactly (metrics and final weights), while the default run moves the policy
+    elsewhere.
     The same with --curvature gauss-newton (u = 0 by a pair-space solve fed b = 0), whose run is named sta_total_gn and
     never breaks down. Also: --mixed-score all runs with --pg-samples all and is refused without it, and gauss-newton is
     refused without damping."""
@@ -386,16 +387,23 @@ def test_total_reduces_to_naive_bit_for_bit(model_dir, tmp_path):
     base = ["--laptop", "--model", model_dir, "--prompts", prompts, "--task", "un", "--seed", "1", "--batch-size", "2",
             "--max-new-tokens", "12", "--iterations", "2", "--eval-every", "2", "--eval-batch-size", "8",
             "--policy-lr", "1e-4", "--rm-lr", "1e-3"]  # the scripts' LAPTOP presets may differ: same rates for both
-    gn_u0 = tmp_path / "gn_u0.py"  # sta_total.py with the Gauss-Newton solve fed b = 0, so that u = 0 and c = 0
-    gn_u0.write_text(f"import runpy, sys, torch\nsys.path.insert(0, {str(Path(sta_total.__file__).parent)!r})\nimport common\n"
-                     "solve = common.gauss_newton_solve\n"
-                     "common.gauss_newton_solve = lambda jacobian, curvature, b, damping: solve(jacobian, curvature, 0 * b, damping)\n"
-                     f"runpy.run_path({sta_total.__file__!r}, run_name='__main__')\n")
+
+    def patched(name, patch):  # sta_total.py run after `patch` (a line of Python that replaces a common function)
+        script = tmp_path / f"{name}.py"
+        script.write_text(f"import runpy, sys, torch\nsys.path.insert(0, {str(Path(sta_total.__file__).parent)!r})\n"
+                          f"import common\n{patch}\nrunpy.run_path({sta_total.__file__!r}, run_name='__main__')\n")
+        return script.with_suffix("")
+
+    # u = 0: CG stopped before its first step (--cg-iterations must be ≥ 1), or the Gauss-Newton solve fed b = 0
+    cg_u0 = patched("cg_u0", "solve = common.conjugate_gradient\n"
+                             "common.conjugate_gradient = lambda matvec, b, iterations, *rest: solve(matvec, b, 0, *rest)")
+    gn_u0 = patched("gn_u0", "solve = common.gauss_newton_solve\n"
+                             "common.gauss_newton_solve = lambda jacobian, curvature, b, damping: solve(jacobian, curvature, 0 * b, damping)")
     gn = ["--curvature", "gauss-newton"]
-    cases = {"naive": ("sta_naive", []), "off": ("sta_total", ["--no-implicit"]), "u0": ("sta_total", ["--cg-iterations", "0"]),
+    cases = {"naive": ("sta_naive", []), "off": ("sta_total", ["--no-implicit"]), "u0": (cg_u0, []),
              "total": ("sta_total", []), "all": ("sta_total", ["--pg-samples", "all", "--mixed-score", "all", "--iterations", "1"]),
              "refused": ("sta_total", ["--mixed-score", "all"]), "gn_off": ("sta_total", [*gn, "--no-implicit"]),
-             "gn_u0": (gn_u0.with_suffix(""), gn), "gn": ("sta_total", gn),
+             "gn_u0": (gn_u0, gn), "gn": ("sta_total", gn),
              "gn_refused": ("sta_total", [*gn, "--cg-damping", "0"])}
     procs = {name: start(script, base + flags, tmp_path / name) for name, (script, flags) in cases.items()}
     results = {name: finish(proc, tmp_path / name) for name, proc in procs.items()}
