@@ -12,17 +12,20 @@ few lines of the script's loop it needs (the follower's steps, the leader's loss
 sta_total.py's metrics.csv). Writes {out}/*.png, {out}/numbers.json and {out}.md.
 """
 
-import argparse
-import copy
-import functools
-import json
-import platform
-import re
-import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from unittest import mock
+
+STARTED = time.time()  # the page states the command's whole time, imports included
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from unittest import mock  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 import common  # noqa: E402
 import sta_total  # noqa: E402
 
-DAMPINGS = (1.0, 10.0, 100.0)  # λ of the residual curves (section 3); the run's own λ is --cg-damping
+DAMPINGS = (0.1, 1.0, 10.0)  # λ of the residual curves (section 3); the run's own λ is --cg-damping
 
 
 @contextmanager
@@ -75,7 +78,6 @@ def main():
     if (args.pg_samples, args.mixed_score, args.curvature, args.implicit) != ("pairs", "pairs", "exact", True):
         common.fail("the walkthrough follows the paper's Total STA: drop --pg-samples, --mixed-score, --curvature "
                     "and --no-implicit (section 3 shows Gauss-Newton beside the exact Hessian anyway)")
-    start = time.time()
 
     # ---- as sta_total.py before its loop: same seeding, same load order (the RM head's init draws from the RNG)
     common.seed_everything(args.seed)
@@ -208,16 +210,16 @@ def main():
     after_total = step_and_logprobs(policy, total_grads, args.policy_lr, ids[pairs], mask[pairs], P, continuation)
     numbers["step"] = {"before": before.tolist(), "naive": (after_naive - before).tolist(),
                        "total": (after_total - before).tolist(), "n_pairs": n_pairs}
-    numbers["seconds"] = time.time() - start
     numbers["command"] = command
     numbers["machine"] = f"{common._cpu_model() or platform.processor()}, torch {torch.__version__}, " \
                          f"{torch.get_num_threads()} thread(s)"
 
     out = Path(own.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
     if not own.no_pictures:
         pictures(numbers, out)
+    numbers["seconds"] = time.time() - STARTED
+    (out / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
     out.with_suffix(".md").write_text(page(numbers, out))
     print(f"wrote {out.with_suffix('.md')} and {out}/ in {numbers['seconds']:.0f} s")
 
@@ -265,11 +267,11 @@ def pictures(numbers, out):
     plt.close(fig)
 
     # 3. CG residual per step, exact H and Gauss-Newton G, per λ
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    fig, ax = plt.subplots(figsize=(7.6, 3.2))
     colors = ["tab:red", "tab:blue", "tab:green", "tab:purple"]
     for color, (damping, curve) in zip(colors, numbers["cg_curves"].items()):
         exact = curve["exact"]
-        ax.semilogy(range(len(exact)), exact, "o-", color=color, ms=3, label=f"H + λI, λ = {float(damping):g}")
+        ax.semilogy(range(len(exact)), exact, "o-", color=color, ms=3, label=f"H + λI, λ = {float(damping):g}" + (" (--laptop)" if float(damping) == numbers["args"]["cg_damping"] else ""))
         if curve["exact_breakdown"]:
             ax.scatter(len(exact) - 1, exact[-1], marker="X", s=90, color=color, zorder=4)
             ax.annotate("breakdown: pᵀ(H+λI)p ≤ 0", (len(exact) - 1, exact[-1]), fontsize=7, color=color,
@@ -277,8 +279,9 @@ def pictures(numbers, out):
         gn = curve["gauss_newton"]
         ax.semilogy(range(len(gn)), gn, "--", color=color, lw=1, label=f"G + λI, λ = {float(damping):g}")
     ax.axhline(numbers["args"]["cg_tol"], color="0.4", lw=0.7, ls=":", label="--cg-tol (the script stops here)")
-    ax.set(xlabel="CG step k", ylabel="‖(A + λI)u_k − b‖ / ‖b‖", title="3. solving (H + λI) u = b by conjugate gradient")
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.set(xlabel="CG step k", ylabel="‖r_k‖ / ‖b‖ (CG's residual)", title="3. solving (H + λI) u = b by conjugate gradient",
+           ylim=(1e-9, 3))  # below ~1e-7 CG's updated residual is float32 round-off, not a more exact u
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "3_cg.png")
     plt.close(fig)
@@ -300,13 +303,14 @@ def pictures(numbers, out):
 
     # 5. per-layer norms and cosines
     layers = numbers["layers"]
-    names = list(layers)
+    names = sorted(layers, key=lambda n: (n != "embeddings", n.startswith("final"), int(n.split()[1]) if n.startswith("layer") else 0))
     x = torch.arange(len(names)).float()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.0, 3.0))
     for shift, key, color in ((-0.27, "naive", "tab:blue"), (0.0, "implicit", "tab:orange"), (0.27, "total", "tab:gray")):
         ax.bar(x + shift, [layers[n][key] for n in names], width=0.27, color=color, label=key)
     ax.set_xticks(x, names, rotation=20, fontsize=8)
-    ax.set(ylabel="gradient norm", title="5a. norm per layer")
+    ax.set_yscale("log")
+    ax.set(ylabel="gradient norm (log scale)", title="5a. norm per layer")
     ax.legend(fontsize=8)
     bx.bar(x - 0.2, [layers[n]["cos_naive_implicit"] for n in names], width=0.4, color="tab:orange", label="cos(naive, implicit)")
     bx.bar(x + 0.2, [layers[n]["cos_naive_total"] for n in names], width=0.4, color="tab:gray", label="cos(naive, total)")
@@ -321,16 +325,24 @@ def pictures(numbers, out):
     # 6. change of log π of winners and losers, Naive against Total
     step = numbers["step"]
     n = step["n_pairs"]
-    fig, ax = plt.subplots(figsize=(4.6, 4.0))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    c = numbers["leader"]["c"]
     for rows, color, label in ((slice(0, n), win, "winners y_w"), (slice(n, 2 * n), lose, "losers y_l")):
         ax.scatter(step["naive"][rows], step["total"][rows], color=color, s=24, label=label)
+        difference = [t - v for t, v in zip(step["total"][rows], step["naive"][rows])]
+        bx.scatter(c, difference, color=color, s=24, label=label)
+    bx.axhline(0, color="0.6", lw=0.6)
+    bx.axvline(0, color="0.6", lw=0.6)
+    bx.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
+    bx.set(xlabel="c_i of the sequence's pair", ylabel="Total − Naive (Δ log π)", title="6b. what the implicit term changed")
+    bx.legend(fontsize=8)
     everything = step["naive"] + step["total"]
     lo, hi = min(everything), max(everything)
     ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.7, ls=":", label="Naive = Total")
     ax.axhline(0, color="0.8", lw=0.6)
     ax.axvline(0, color="0.8", lw=0.6)
     ax.set(xlabel="Δ log π(y|x) after the Naive step", ylabel="Δ log π(y|x) after the Total step",
-           title="6. one policy step, from the same θ^{t-1}")
+           title="6a. one policy step from the same θ^{t-1}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "6_logprob.png")
@@ -361,9 +373,17 @@ def page(numbers, out):
         f"| {j} | {one_line(batch['continuations'][shown * k + j])[:90]} | {batch['rewards'][shown][j]:g} | "
         f"{'winner y_w' if j == batch['chosen'][shown] else 'loser y_l' if j == batch['rejected'][shown] else ''} |"
         for j in range(k))
+    to_tol = lambda curve: next((str(i) for i, r in enumerate(curve) if r <= a["cg_tol"]), "not reached")  # noqa: E731
+    breakdowns = [float(d) for d, cv in curves.items() if cv["exact_breakdown"]]
+    breakdown_text = (f"With the exact H, CG broke down at λ = {', '.join(f'{d:g}' for d in breakdowns)} (the ✕): it met a "
+                      f"direction of negative curvature and returned its best iterate so far." if breakdowns else
+                      "On this batch CG met no negative curvature at these λ (no breakdown): after S steps the RM sits "
+                      "near a minimum of L_RM on C, where H is close to positive semi-definite. On SmolLM2-135M, λ ≤ 30 "
+                      "broke down on every iteration ([docs/sta_total.md](sta_total.md)).")
     cg_rows = "\n".join(
-        f"| {float(d):g} | {len(cv['exact']) - 1} | {'yes, kept u_' + str(cv['exact_returned_iterate']) if cv['exact_breakdown'] else 'no'} "
-        f"| {min(cv['exact']):.2e} | {cv['gauss_newton'][-1]:.2e} | {cv['gauss_newton_direct']:.1e} |"
+        f"| {float(d):g} | {to_tol(cv['exact'])} | "
+        f"{'at step ' + str(len(cv['exact'])) + ', kept u_' + str(cv['exact_returned_iterate']) if cv['exact_breakdown'] else 'no'} "
+        f"| {to_tol(cv['gauss_newton'])} | {cv['gauss_newton_direct']:.1e} |"
         for d, cv in curves.items())
     layer_rows = "\n".join(
         f"| {name} | {e['naive']:.3g} | {e['implicit']:.3g} | {e['total']:.3g} | {e['cos_naive_implicit']:+.2f} | "
@@ -372,6 +392,10 @@ def page(numbers, out):
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
     win_naive, lose_naive = mean(step["naive"][:n]), mean(step["naive"][n:])
     win_total, lose_total = mean(step["total"][:n]), mean(step["total"][n:])
+    differences, pair_c = [t - v for t, v in zip(step["total"], step["naive"])], c + c
+    dm, cm = mean(differences), mean(pair_c)
+    cov = sum((d - dm) * (x - cm) for d, x in zip(differences, pair_c))
+    corr = cov / max((sum((d - dm) ** 2 for d in differences) * sum((x - cm) ** 2 for x in pair_c)) ** 0.5, 1e-30)
     return f"""# A walkthrough of one Total STA iteration
 
 This page follows **one** iteration of [Total STA](sta_total.md) (`sta_total.py`) on one batch, on the laptop model,
@@ -455,12 +479,13 @@ cannot break down; the script solves it directly, not by CG).
 
 {pic('3_cg.png')}
 
-| λ | exact H: CG steps | breakdown | best residual | G: residual after {a['cg_iterations']} CG steps | G: direct solve |
-|---|---|---|---|---|---|
+| λ | exact H: steps to --cg-tol {a['cg_tol']:g} | exact H: breakdown | G: steps to --cg-tol | G: direct solve's residual |
+|---|---|---|---|---|
 {cg_rows}
 
-Larger λ makes the system better conditioned (fewer steps) but moves u towards b/λ, a plain gradient step rather than
-a Newton step. Code: {code('sta_total.py', 'sta_total.implicit_term')} (CG with H),
+{breakdown_text} A larger λ makes the system better conditioned (fewer steps), but moves u towards b/λ: a plain
+gradient step for the follower rather than a Newton step. The curves are CG's own residual ‖r_k‖/‖b‖ (what the script
+logs as `cg/residual`); below about 1e-7 that is float32 round-off, so the plot stops at 1e-9. Code: {code('sta_total.py', 'sta_total.implicit_term')} (CG with H),
 {code('sta_total.py', 'sta_total.implicit_term_gauss_newton')} (G), {code('common.py', 'common.conjugate_gradient')},
 {code('common.py', 'common.hessian_vector_product')}, {code('common.py', 'common.gauss_newton_solve')}.
 
@@ -512,6 +537,10 @@ Total along the total gradient. Below, the change of log π_θ(y|x) of C's {n} w
 |---|---|---|
 | winners y_w | {win_naive:+.3f} | {win_total:+.3f} |
 | losers y_l | {lose_naive:+.3f} | {lose_total:+.3f} |
+
+Left, each sequence's change under Total against Naive; right, the difference Total − Naive against the c_i of the
+sequence's pair (the implicit term pushes down both sequences of a pair with c_i > 0, and up those with c_i < 0).
+Correlation of c_i with that difference: {corr:+.2f} over the {2 * n} sequences.
 
 RMSprop's first step divides each gradient entry by its own magnitude (about lr · sign(g) / 0.1), so the step's size
 hardly depends on the gradient's norm: what the implicit term changes is the *direction*, entry by entry. Code:
