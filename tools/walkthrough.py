@@ -20,6 +20,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
@@ -465,7 +466,7 @@ the implicit function theorem gives eq. 11:
 
 dF/dθ = ∇_θ R^β_LM − ∇_θ⟨∇_ω L_RM, u⟩, with (H + λI) u = b, b = ∇_ω R_LM, H = ∇²_ω L_RM on C.
 
-b says how the mean RM score of the batch's sequences moves with ω (‖b‖ = {leader['b_norm']:.3g}). H is the Hessian
+b = (1/N) Σ_j ∇_ω r_ω(y_j; x_j) (eq. 34-35) says how the mean RM score of the batch's sequences moves with ω (‖b‖ = {leader['b_norm']:.3g}). H is the Hessian
 of the follower's loss, a {leader['n_params']:,} × {leader['n_params']:,} matrix here: too big to write down, so u comes from
 conjugate gradient (CG), which only needs products H p (each one a second backward pass through the RM, D13). The
 damping λ adds λI: away from a minimum H is *indefinite*, and CG stops ("breaks down") when it meets a direction p with
@@ -500,7 +501,8 @@ likely. The c_i come out of the CG solve's own backward passes (no extra pass).
 {pic('4_c_vs_margin.png')}
 
 Here {positive} of {n} pairs have c_i > 0; mean |c_i| = {mean([abs(x) for x in c]):.3g} (`cg/c_mean_abs`). ∇_ω ℓ_i =
-−σ(−Δ_i) ∇_ω Δ_i, so pairs the RM already separates well (large Δ_i) have small c_i: they tell the follower little.
+−σ(−Δ_i) ∇_ω Δ_i, so a pair the RM already separates well (large Δ_i) has a small c_i: after S steps every margin
+here lies between {min(margins):.1f} and {max(margins):.1f}, so σ(−Δ_i) is at most {1 / (1 + math.exp(min(margins))):.3f}, and every c_i is small.
 Code: {code('sta_total.py', 'sta_total.implicit_term')}; the mixed term is `(c * score).mean()` in `sta_total.py` (line
 {script_line('implicit_grads = torch.autograd.grad')}).
 
