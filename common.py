@@ -619,7 +619,7 @@ def gauss_newton_solve(jacobian, curvature, b, damping):
     return (b - jacobian.T @ (curvature * jx)) / damping, jx
 
 
-def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
+def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10, record=None):
     """Solve (A + damping·I) x = b by conjugate gradient from x₀ = 0 (D13).
 
     Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0: A is indefinite there, so CG
@@ -631,6 +631,7 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
     `matvec(p)` may return a pair (A p, M p), M any linear map whose product the same pass gives almost for free
     (e.g. directional derivatives from the double backward of an HVP): as x = Σ_k α_k p_k, CG accumulates
     info["m_x"] = M x = Σ_k α_k M p_k with no product of its own (None while x = 0).
+    `record` (a list, optional) gets ‖r_k‖/‖b‖ of every iterate x_k, x₀ included (tools/walkthrough.py's curves).
     """
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
@@ -640,6 +641,8 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
     info = {"iterations": 0, "returned_iterate": 0, "residual": 0.0, "breakdown": False, "m_x": None}
     if b_norm == 0:
         return x, info
+    if record is not None:
+        record.append(1.0)
     for i in range(iterations):
         if rr.sqrt() <= tol * b_norm:
             break
@@ -658,6 +661,8 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
         rr_new = r.dot(r)
         p = r + (rr_new / rr) * p
         rr = rr_new
+        if record is not None:
+            record.append(float(rr.sqrt() / b_norm))
         if rr < best_rr:
             best_x, best_rr, best_m_x, best_k = x.clone(), rr, m_x, i + 1
         info["iterations"] = info["returned_iterate"] = i + 1
