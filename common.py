@@ -594,9 +594,11 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
 
     Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0: A is indefinite there, so CG
     flags breakdown and returns, of the iterates so far (x₀ = 0 included), the one with the smallest residual; the
-    last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations (steps taken),
-    returned_iterate (k of the x_k returned: iterations, or fewer after a breakdown), residual (‖r‖/‖b‖ of the
-    returned x), breakdown, m_x}.
+    last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations (completed steps; a
+    breakdown's product is not one, so matvec ran iterations + breakdown times), returned_iterate (k of the x_k
+    returned: iterations, or fewer after a breakdown), residual (‖r‖/‖b‖ of the returned x), breakdown, hit_cap (all
+    `iterations` steps taken without reaching tol or breaking down: x is then the last iterate, whatever its residual),
+    m_x}.
 
     `matvec(p)` may return a pair (A p, M p), M any linear map whose product the same pass gives almost for free
     (e.g. directional derivatives from the double backward of an HVP): as x = Σ_k α_k p_k, CG accumulates
@@ -607,7 +609,7 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
     b_norm = b.norm()
     rr = r.dot(r)
     best_x, best_rr, m_x, best_m_x, best_k = x.clone(), rr, None, None, 0
-    info = {"iterations": 0, "returned_iterate": 0, "residual": 0.0, "breakdown": False, "m_x": None}
+    info = {"iterations": 0, "returned_iterate": 0, "residual": 0.0, "breakdown": False, "hit_cap": False, "m_x": None}
     if b_norm == 0:
         return x, info
     for i in range(iterations):
@@ -632,6 +634,7 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10):
             best_x, best_rr, best_m_x, best_k = x.clone(), rr, m_x, i + 1
         info["iterations"] = info["returned_iterate"] = i + 1
     info["residual"], info["m_x"] = float(rr.sqrt() / b_norm), m_x
+    info["hit_cap"] = not info["breakdown"] and info["iterations"] == iterations and bool(rr.sqrt() > tol * b_norm)
     return x, info
 
 
