@@ -18,6 +18,14 @@ if "NLTK_DATA" not in os.environ and (REPO.parent / "shared" / "nltk_data").exis
     os.environ["NLTK_DATA"] = str(REPO.parent / "shared" / "nltk_data")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
+
+def pytest_configure(config):
+    # torch.func.jvp (test_pair_directional_derivatives_match_jvp_and_finite_differences) registers torch's own JVP
+    # decompositions on first use through torch.jit.script, which torch 2.13 deprecates: 18 warnings from inside torch
+    # (torch/_decomp/decompositions_for_jvp.py), none from our code, and nothing we can change.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
 # the algorithm scripts that exist; tests parametrised over scripts pick them up from here
 SCRIPTS = [s for s in ["sta_naive", "sta_total", "reversed", "simultaneous", "parl", "ppo", "dpo", "dro_v"]
            if (REPO / f"{s}.py").exists()]
