@@ -827,7 +827,8 @@ class Run:
         if getattr(args, "track", False):
             import wandb
 
-            self.config.setdefault("wandb_id", wandb.util.generate_id())  # kept, so a resume continues the same run
+            # our own id (wandb.util.generate_id is gone in wandb 0.31), kept, so a resume continues the same run
+            self.config.setdefault("wandb_id", os.urandom(6).hex())
             self._write_config()
             self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity or None, name=self.dir.name,
                                     id=self.config["wandb_id"], resume="allow", dir=str(self.dir), config=self.config)
