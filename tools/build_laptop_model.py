@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
 from typing import Literal
 
 import tyro
