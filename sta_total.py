@@ -156,7 +156,8 @@ def implicit_term_gauss_newton(pair_margins, n_pairs, rm_params, b, cg_damping, 
     curvature = weights * torch.sigmoid(margin) * torch.sigmoid(-margin) / len(margin)
     u, ju = common.gauss_newton_solve(jacobian, curvature, b, cg_damping)
     residual = (common.gauss_newton_vector_product(jacobian, curvature, u)[0] + cg_damping * u - b).norm() / b.norm()
-    info = {"iterations": 0, "returned_iterate": 0, "residual": float(residual) if b.any() else 0.0, "breakdown": False}
+    info = {"iterations": 0, "returned_iterate": 0, "residual": float(residual) if b.any() else 0.0, "breakdown": False,
+            "hit_cap": False}
     return u, -weights * torch.sigmoid(-margin) * ju, info
 
 
@@ -256,7 +257,8 @@ if __name__ == "__main__":
                 implicit_grads = torch.autograd.grad((c * score).mean(), list(policy.parameters()), retain_graph=True)
                 row.update({"cg/iterations": cg["iterations"], "cg/returned_iterate": cg["returned_iterate"],
                             "cg/residual": cg["residual"], "cg/breakdown": int(cg["breakdown"]), "cg/b_norm": b.norm().item(),
-                            "cg/u_norm": u.norm().item(), "cg/c_mean_abs": c.abs().mean().item()})
+                            "cg/u_norm": u.norm().item(), "cg/c_mean_abs": c.abs().mean().item(),
+                            "cg/hit_cap": int(cg["hit_cap"])})
             policy_optimizer.zero_grad()
             policy_loss.backward()
             if args.implicit:  # descent on −dF/dθ: .grad = ∇_θ L_LM + ∇_θ J (naive part + implicit part)

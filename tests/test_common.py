@@ -343,6 +343,23 @@ def test_conjugate_gradient_breakdown_returns_the_smallest_residual_iterate():
     assert (x == 0).all() and info["residual"] == 1.0
 
 
+def test_conjugate_gradient_reports_hitting_its_cap_and_counts_completed_steps():
+    """Issue 24: a solve cut off by the iteration cap is flagged (hit_cap) and returns the last iterate, residual and
+    all; converged and broken-down solves are not flagged. `iterations` counts completed steps: a breakdown's product
+    is one more matvec call."""
+    A, b = _spd(cond=1e4, seed=4), torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    calls = []
+    x, info = common.conjugate_gradient(lambda v: calls.append(1) or A @ v, b, iterations=3, tol=1e-10)
+    assert info["hit_cap"] and info["iterations"] == info["returned_iterate"] == 3 == len(calls)
+    assert info["residual"] > 1e-3 and abs(float(torch.linalg.norm(A @ x - b) / torch.linalg.norm(b)) - info["residual"]) < 1e-9
+    assert not common.conjugate_gradient(lambda v: A @ v, b, iterations=40, tol=1e-6)[1]["hit_cap"]  # converges first
+    calls.clear()
+    A = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    _, info = common.conjugate_gradient(lambda v: calls.append(1) or A @ v, torch.tensor([1.0, 0.9], dtype=torch.float64),
+                                        iterations=10)
+    assert info["breakdown"] and not info["hit_cap"] and len(calls) == info["iterations"] + 1
+
+
 # ---------------------------------------------------------------------------------------------------- prompts
 def test_bundled_prompts_have_disjoint_train_and_test_splits():
     train, test = common.load_prompts("bundled", "train"), common.load_prompts("bundled", "test")

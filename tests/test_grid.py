@@ -224,6 +224,41 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert stop.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+def test_an_unusable_output_dir_or_slurm_folder_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys):
+    """Issue 24: --output-dir that is a file or sits under one, a --slurm file whose folder is missing or a file, or a
+    --slurm path that is a folder: one line, exit 2, and nothing written (not even the slurm/ log folder)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    out = tmp_path / "out"
+    cases = [
+        (["--dry-run", "--output-dir", a_file], "is a file, not a folder"),
+        (["--output-dir", a_file / "runs", "--slurm", tmp_path / "grid.sbatch"], f"{a_file} is a file"),
+        (["--output-dir", out, "--slurm", tmp_path / "no-such-folder" / "grid.sbatch"], "does not exist: create it first"),
+        (["--output-dir", out, "--slurm", a_file / "grid.sbatch"], "is a file, not a folder"),
+        (["--output-dir", out, "--slurm", tmp_path], "is a folder: give the path of the script file"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            grid.main([*map(str, argv), "--algos", "sta_naive", "--tasks", "wc", "--seeds", "1"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(lines) == 1 and message in lines[0], (argv, lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and a_file.read_text() == "x"
+
+
+def test_dry_run_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
+    """Issue 24: `grid.py --dry-run | head -1`, with the reader gone before the first line: no BrokenPipeError
+    traceback, nothing on stderr."""
+    proc = subprocess.run(f"{shlex.quote(sys.executable)} tools/grid.py --dry-run --output-dir {tmp_path / 'runs'} | head -1",
+                          shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("OMP_NUM_THREADS=") and proc.stderr == "", proc.stderr[-2000:]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before grid.py writes anything: its first print fails
+    with os.fdopen(write_end, "w") as closed:
+        proc = subprocess.run([sys.executable, "tools/grid.py", "--dry-run", "--output-dir", tmp_path / "runs"], cwd=REPO,
+                              stdout=closed, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr[-2000:]
+
+
 def test_slurm_array_task_runs_its_run_and_a_time_limit_checkpoints(tmp_path, prompts_file):
     """The job-array script: one task per run, %workers, resources from the flags, SIGTERM before the time limit.
     Its body, run by bash as Slurm would with SLURM_ARRAY_TASK_ID=1, runs exactly the second run. SIGTERM to that

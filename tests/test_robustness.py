@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +15,7 @@ import torch
 
 from safetensors.torch import load_file
 
-from conftest import SCRIPTS, TEST_MODEL, TINY, read_metrics, start_script
+from conftest import REPO, SCRIPTS, TEST_MODEL, TINY, read_metrics, start_script
 
 
 def tiny(prompts_file, task="wc"):
@@ -108,12 +110,26 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(script, tmp_path, promp
     assert not (tmp_path.parent / "x").exists()  # the path-like run name wrote nothing outside --output-dir
 
 
+def test_the_tagger_loads_from_the_shipped_copy_with_no_other_nltk_data(tmp_path):
+    """Issue 24: the POS tagger comes from data/nltk_data, with no NLTK_DATA, no ~/nltk_data and no network (a fresh
+    interpreter: NLTK reads NLTK_DATA and HOME when it is imported)."""
+    env = {**os.environ, "NLTK_DATA": str(tmp_path / "no-nltk-data"), "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "import common; print(common.pos_tagger().tag(['The', 'cat']))"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "('cat', 'NN')" in proc.stdout, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_missing_nltk_tagger_data_is_a_one_line_error(script, tmp_path, prompts_file):
-    """Without the tagger data, `--task un` stops with one line that says how to get it, before writing anything
-    (a fresh interpreter: NLTK reads NLTK_DATA and HOME when it is imported)."""
+    """Without the tagger data (a copy of the scripts without data/nltk_data, no NLTK_DATA, no ~/nltk_data, no
+    network), `--task un` stops with one line that says how to get it, before writing anything (a fresh interpreter:
+    NLTK reads NLTK_DATA and HOME when it is imported)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for source in REPO.glob("*.py"):
+        shutil.copy(source, bare)
     env = {"NLTK_DATA": str(tmp_path / "no-nltk-data"), "HOME": str(tmp_path)}
-    (out, stdout, stderr, code), = run_all([[f"{script}.py", *tiny(prompts_file, task="un")]], tmp_path, env=env,
+    (out, stdout, stderr, code), = run_all([[bare / f"{script}.py", *tiny(prompts_file, task="un")]], tmp_path, env=env,
                                           fresh_interpreter=True)
     assert code == 2 and stderr.strip().splitlines()[-1].startswith("error: NLTK tagger data missing"), stderr[-2000:]
     assert not out.exists()

@@ -7,6 +7,7 @@ import importlib.util
 import dataclasses
 import itertools
 import json
+import re
 import runpy
 import shutil
 import signal
@@ -392,7 +393,6 @@ def test_track_and_tensorboard_stream_every_row_and_the_config(tmp_path, prompts
     calls = {"init": [], "log": [], "scalars": [], "finish": []}
     wandb = types.ModuleType("wandb")
     wandb.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
-    wandb.util = types.SimpleNamespace(generate_id=lambda: "abc123")
     wandb_run = types.SimpleNamespace(define_metric=lambda *a, **k: None, log=lambda row: calls["log"].append(row),
                                       finish=lambda exit_code=0: calls["finish"].append(exit_code))
     wandb.init = lambda **kwargs: calls["init"].append(kwargs) or wandb_run
@@ -415,10 +415,10 @@ def test_track_and_tensorboard_stream_every_row_and_the_config(tmp_path, prompts
     run_globals, rows = _instrumented("sta_naive", [*tiny(prompts_file), "--iterations", "2", "--track", "--tensorboard",
                                                     "--output-dir", tmp_path, "--run-name", "tracked"])
     (init,) = calls["init"]
-    assert init["id"] == "abc123" and init["name"] == "tracked" and init["config"]["args"]["track"] is True
+    assert re.fullmatch("[0-9a-f]{12}", init["id"]) and init["name"] == "tracked" and init["config"]["args"]["track"] is True
     assert [r["iteration"] for r in calls["log"]] == [0, 1, 2] and calls["finish"] == [0]
     assert {(k, step) for k, _, step in calls["scalars"]} >= {("eval/reward", 0), ("prompts_seen", 1), ("eval/reward", 2)}
-    assert config(tmp_path / "tracked")["wandb_id"] == "abc123"
+    assert config(tmp_path / "tracked")["wandb_id"] == init["id"]
     assert [int(r["iteration"]) for r in read_metrics(tmp_path / "tracked")] == [0, 1, 2]
 
 

@@ -348,8 +348,17 @@ def test_gauss_newton_on_the_laptop_reward_model_over_a_short_follower_run(model
         pair_margins = ((lambda s: s[0] - s[1])(common.reward_model_scores(reward_model, ids[[i, n_pairs + i]], mask[[i, n_pairs + i]]))
                         for i in range(n_pairs))
         u, c, gn_info = sta_total.implicit_term_gauss_newton(pair_margins, n_pairs, params, b, damping)
-        # CG's residual is its recursive one; the pair-space solve's is recomputed, at float32's floor ~ε‖G‖/λ
-        assert not info["breakdown"] and info["residual"] <= 1e-5 and gn_info["residual"] <= 1e-3, (info, gn_info)
+        # CG's residual is its recursive one; the pair-space solve's is recomputed in float32, where u ≈ b/λ outside J's
+        # row space, so it sits at float32's floor ~ε‖G‖/λ (‖G‖ = λ_max of W^½ J Jᵀ W^½) times a factor set by the
+        # summation order of J u over 1.1M parameters. Measured (3 seeds × 3 rounds): residual / (ε‖G‖/λ) ≤ 0.86 at 1
+        # thread and ≤ 1.15 at 2 on an Intel Xeon; 1.008e-3 on a 2-core AMD at default threads is ≈ 3.9 of
+        # this machine's floor (2.56e-4 at the first round). A fixed 1e-3
+        # failed there; 16× the floor leaves room for other BLAS kernels, and a wrong solve is O(1) off.
+        root_w = weights.double().sqrt()
+        g_norm = torch.linalg.eigvalsh((jacobian.double() @ jacobian.double().T) * root_w[:, None] * root_w[None, :]).max()
+        float32_floor = torch.finfo(torch.float32).eps * float(g_norm) / damping
+        assert not info["breakdown"] and info["residual"] <= 1e-5 and gn_info["residual"] <= 16 * float32_floor, (
+            info, gn_info, float32_floor)
         assert (u_cg - u).norm() <= 1e-4 * u.norm()
         exact_breakdowns += sta_total.implicit_term(losses, params, b, 10, damping, 1e-6)[2]["breakdown"]
     assert exact_breakdowns > 0

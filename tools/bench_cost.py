@@ -43,6 +43,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_total import run  # noqa: E402  the timing child
 from grid import METHODS  # noqa: E402

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
 import torch
 import tyro
 

@@ -43,6 +43,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
 REPO = Path(__file__).resolve().parents[1]
 
 # runs one script in this child process, timing each outer iteration (wall and CPU time, at the end of each

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
 from typing import Literal
 
 import tyro
@@ -373,7 +375,6 @@ def step_eval(args: Args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    os.environ.setdefault("NLTK_DATA", str(ROOT.parent / "shared" / "nltk_data"))
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.out_dir)
     model = AutoModelForCausalLM.from_pretrained(args.out_dir).eval()

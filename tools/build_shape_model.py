@@ -15,6 +15,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 

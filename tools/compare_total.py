@@ -13,6 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
 METHODS = ["sta_naive", "sta_total", "sta_total_gn"]
 PAIRS = [("sta_total", "sta_naive"), ("sta_total_gn", "sta_naive"), ("sta_total_gn", "sta_total")]
 

@@ -45,6 +45,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +79,17 @@ FREE_ARGS = {"seed", "run_name", "output_dir", "resume", "device", "save_every",
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def check_writable_folder(folder, what):
+    """`folder` is, or can be created as, a folder this process can write: else one line, exit 2, nothing written."""
+    if folder.exists() and not folder.is_dir():
+        fail(f"{what} {folder} is a file, not a folder: give a folder")
+    existing = next(p for p in [folder, *folder.parents] if p.exists())  # the folder, or where it would be created
+    if not existing.is_dir():
+        fail(f"{what} {folder} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"{what} {folder} is not writable ({existing}): give a folder you can write to")
 
 
 def run_status(run_dir):
@@ -366,7 +379,16 @@ def main(argv=None):
             fail(f"--index {cli.index} is outside the grid's {len(runs)} runs (0 to {len(runs) - 1})")
         runs = [runs[cli.index]]
     output_dir = Path(cli.output_dir)
+    check_writable_folder(output_dir, "--output-dir")
     if cli.slurm:
+        slurm_folder = Path(cli.slurm).absolute().parent
+        if Path(cli.slurm).is_dir():
+            fail(f"--slurm {cli.slurm} is a folder: give the path of the script file to write")
+        if not slurm_folder.is_dir():
+            fail(f"--slurm {cli.slurm}: its folder {slurm_folder} " + ("is a file, not a folder" if slurm_folder.exists()
+                                                                       else "does not exist: create it first"))
+        if not os.access(slurm_folder, os.W_OK | os.X_OK):
+            fail(f"--slurm {cli.slurm}: its folder {slurm_folder} is not writable")
         output_dir.joinpath("slurm").mkdir(parents=True, exist_ok=True)
         Path(cli.slurm).write_text(slurm_script(cli, runs, flags, output_dir))
         print(f"wrote {cli.slurm}: {len(runs)} array tasks, {cli.workers} at once; submit it with: sbatch {cli.slurm}")

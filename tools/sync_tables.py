@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+import quiet_pipe  # noqa: F401  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
 MARK = re.compile(r"<!--\s*from\s+([^\s#]+)(?:#(\S+))?\s*-->")
 
 
