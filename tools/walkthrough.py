@@ -36,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
 import sta_total  # noqa: E402
+import quiet_pipe  # noqa: F401,E402  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
 
 DAMPINGS = (0.1, 1.0, 10.0)  # λ of the residual curves (section 3); the run's own λ is --cg-damping
 
