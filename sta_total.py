@@ -15,7 +15,7 @@ The language model π_θ leads, the reward model r_ω follows. Each outer iterat
      derivative of pair i's loss ℓ_i = −log σ(r_ω(y_w,i) − r_ω(y_l,i)) along u.
      `--curvature gauss-newton` solves the same eq. 11 (same b, same mixed term) with H replaced by the generalised
      Gauss-Newton matrix G = (1/|C|) Σ_i σ(Δ_i)(1 − σ(Δ_i)) ∇Δ_i ∇Δ_iᵀ of L_RM, Δ_i = r_ω(y_w,i) − r_ω(y_l,i): H without
-     its −(1/|C|) Σ_i (1 − σ(Δ_i)) ∇²Δ_i term, positive semi-definite and of rank ≤ |C|, so u is solved exactly in the
+     its −(1/|C|) Σ_i (1 − σ(Δ_i)) ∇²Δ_i term, positive semi-definite and of rank ≤ |C|, so u is solved directly in the
      |C|-dimensional pair space from the |C| per-pair gradients ∇Δ_i.
 
 Departures from the paper and the authors' code (SPEC Decisions): pure sampling, not top-k 50 (D2); token ids are
@@ -98,7 +98,7 @@ class Args:
     """add eq. 11's implicit term to the leader's gradient (--no-implicit gives Naive STA, bit for bit)"""
     curvature: Literal["exact", "gauss-newton"] = "exact"
     """curvature of the RM loss in eq. 11: its Hessian H (the paper's, by CG) or its generalised Gauss-Newton part G
-    (positive semi-definite, solved exactly in the |C|-dimensional pair space) (D13)"""
+    (positive semi-definite, solved directly in the |C|-dimensional pair space) (D13)"""
     cg_iterations: Annotated[int, common.Range(1)] = 10
     """conjugate-gradient iterations for u = (H + λI)⁻¹ ∇_ω R_LM (the paper's 10; exact curvature only)"""
     cg_damping: Annotated[float, common.Range(0)] = 100.0
