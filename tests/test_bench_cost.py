@@ -133,8 +133,8 @@ def test_the_shape_model_has_the_asked_body_and_the_laptop_vocabulary(tmp_path):
 
 def test_the_gpu_script_runs_end_to_end_on_the_cpu_at_a_tiny_shape(tmp_path):
     """Issue 27: results/cost/run_bench_gpu.sh with SMOKE=1 (CPU, tiny shape) builds the model, checks the sampler
-    (the static cache draws the dynamic one's tokens on CPU; the bf16 mismatch is measured), times all ten methods with
-    the static cache forced, Naive STA with the dynamic one, and writes the break-even."""
+    (the static cache draws the dynamic one's tokens on CPU; the bf16 mismatch is measured), times Naive, Total and
+    offline DPO (all ten on a GPU) with the static cache forced, Naive STA with the dynamic one, and writes the break-even."""
     import json
 
     out = tmp_path / "gpu"
@@ -150,7 +150,7 @@ def test_the_gpu_script_runs_end_to_end_on_the_cpu_at_a_tiny_shape(tmp_path):
     assert bf16["ratio_min"] <= bf16["ratio_p5"] <= bf16["ratio_p95"] <= bf16["ratio_max"]
     with open(out / "all" / "cost.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
-    assert set(rows) == set(bench_cost.METHODS) and {r["sampler_cache"] for r in rows.values()} == {"static"}
+    assert set(rows) == {"sta_naive", "sta_total", "dpo"} and {r["sampler_cache"] for r in rows.values()} == {"static"}
     with open(out / "naive-dynamic" / "cost.csv") as f:
         assert [(r["method"], r["sampler_cache"]) for r in csv.DictReader(f)] == [("sta_naive", "dynamic")]
     assert "| default | static |" in (out / "break-even.md").read_text() and (out / "log.txt").stat().st_size > 0

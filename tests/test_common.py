@@ -35,6 +35,7 @@ def test_constrained_word_collector_penalty_is_constant_per_prompt():
 def test_unique_nouns_matches_nltk():
     texts = ["The cat sat on the mat with another cat.", "Cats and dogs visit Paris in May. The dog barks!",
              "cat cat cat", "Data scientists analyse data with Python and pandas."]
+    common.pos_tagger()  # puts the shipped data/nltk_data on nltk's path, which nltk.pos_tag below reads too
     for text in texts:
         tokens = common.word_tokens(text)
         expected = len({w for w, tag in nltk.pos_tag(tokens) if tag.startswith("NN")})

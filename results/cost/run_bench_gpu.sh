@@ -19,6 +19,7 @@
 #   bash results/cost/run_bench_gpu.sh "$OUT/static"      # on a lent device (its $OUT comes back even when cut short)
 #   SMOKE=1 bash results/cost/run_bench_gpu.sh OUT_DIR    # the same steps on the CPU at a tiny shape, the static
 #                                                         # sampler forced in step 3: checks this script end to end
+#                                                         # (step 3 on Naive, Total and DPO; SMOKE_METHODS="..." for others)
 # Writes OUT_DIR/log.txt (everything printed), OUT_DIR/sampler/sampler.{md,json}, OUT_DIR/all/cost.{md,csv} (rewritten
 # after every method, so a call cut short keeps the methods it finished), OUT_DIR/naive-dynamic/cost.{md,csv} and
 # OUT_DIR/break-even.md.
@@ -35,10 +36,14 @@ if [[ -n "${SMOKE:-}" ]]; then
     shape=(--device cpu --batch-size 2 --max-new-tokens 8)
     export BENCH_SAMPLER_CACHE=static  # step 3 on the CUDA default's code path
     limit=(timeout 900)
+    # three methods (online, with the implicit term, offline data) keep the test suite short; SMOKE_METHODS="..." for more
+    read -ra methods <<< "${SMOKE_METHODS:-sta_naive sta_total dpo}"
+    methods=(--methods "${methods[@]}")
 else
     python tools/build_shape_model.py "$work/model"
     shape=(--device cuda)
     limit=(timeout 390)  # step 3's share of a 600-second command; the finished methods are kept if it runs out
+    methods=()  # all ten
 fi
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
                                             torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
@@ -57,7 +62,7 @@ elif [[ $status != 0 ]]; then
 fi
 
 echo "== all ten methods"
-"${limit[@]}" python tools/bench_cost.py --out "$out/all" -- "${flags[@]}" || echo "bench_cost stopped (status $?): $out/all has the methods it finished"
+"${limit[@]}" python tools/bench_cost.py "${methods[@]}" --out "$out/all" -- "${flags[@]}" || echo "bench_cost stopped (status $?): $out/all has the methods it finished"
 
 echo "== Naive STA with the dynamic cache"
 BENCH_SAMPLER_CACHE=dynamic timeout 60 python tools/bench_cost.py --methods sta_naive --out "$out/naive-dynamic" -- "${flags[@]}" \
