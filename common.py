@@ -1134,7 +1134,9 @@ class Run:
         self._rewrite()
         samples = self.dir / "samples.jsonl"
         if samples.exists():
-            kept = [line for line in samples.read_text().splitlines() if json.loads(line)["iteration"] <= counters["iteration"]]
+            text = samples.read_text()
+            text = text[: text.rfind("\n") + 1]  # a line cut by a killed process or a full disk: after the checkpoint
+            kept = [line for line in text.splitlines() if json.loads(line)["iteration"] <= counters["iteration"]]
             samples.write_text("".join(line + "\n" for line in kept))
         self._event("resume", counters["iteration"], "running", overrides=self.overrides, **_environment(self.args))
         print(f"resuming {self.dir} after iteration {counters['iteration']}"

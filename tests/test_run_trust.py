@@ -591,12 +591,17 @@ def test_damaged_files_on_resume_are_one_line_exit_2_and_a_cut_last_metrics_row_
     for name in ("cut", "state", "weights", "rows"):
         made, _ = _run_with_checkpoint(make, name, model, optimizer)
         made.log({"iteration": 3})
+        made.samples(1, [{"prompt": "p", "continuation": "c", "reward": 1.0}])
+        made.samples(3, [{"prompt": "p", "continuation": "c", "reward": 2.0}])
         release(made)
     cut = tmp_path / "cut" / "metrics.csv"
     cut.write_text(cut.read_text()[: cut.read_text().rindex("\n", 0, -1) + 4])  # row 3 cut inside its wall_time
+    samples = tmp_path / "cut" / "samples.jsonl"
+    samples.write_text(samples.read_text()[:-12])  # and iteration 3's sample cut mid-line, as a kill or full disk leaves it
     resumed = make(run_name="cut", resume=str(tmp_path / "cut"))
     assert resumed.start_or_resume({"m": model}, {"m": optimizer})["iteration"] == 1
     assert [r["iteration"] for r in read_metrics(tmp_path / "cut")] == ["0", "1"]
+    assert [json.loads(line)["iteration"] for line in samples.read_text().splitlines()] == [1]
     release(resumed)
     for name, path in (("state", "checkpoint/state.pt"), ("weights", "checkpoint/m.safetensors"), ("rows", "metrics.csv")):
         damaged = tmp_path / name / path

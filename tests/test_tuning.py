@@ -86,3 +86,18 @@ def test_the_preset_stays_when_no_configuration_is_selectable():
     assert tuning.select([]) == (None, "selection pending: no runs yet")
     chosen, sentence = tuning.select([config(3e-5, "complete", 2.0), config(1e-4, "complete", 2.11)])
     assert chosen["lr"] == 1e-4 and sentence == "policy_lr 0.0001 selected (the highest mean score, 2.11)"  # 0.11 apart
+
+
+def test_a_method_waits_until_all_three_configurations_have_runs(tmp_path):
+    """The protocol compares three configurations per method: with the 3× rate not yet run, nothing is selected, even
+    though the two finished ones would decide it."""
+    root = tmp_path / "runs"
+    for lr, folder in [(3e-5, "x0.3"), (1e-4, "x1")]:
+        for seed in (101, 202):
+            write_run(root / folder, f"cwc__sta_naive__{seed}", "sta_naive", "cwc", seed, rows([0, 30], [1, 5]),
+                      policy_lr=lr)
+    done = subprocess.run([*TUNING, str(root), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    md = (tmp_path / "out" / "tuning.md").read_text()
+    assert "| cwc | Naive STA | selection pending: policy_lr 0.0003 incomplete (no runs yet) |" in md
+    assert "| cwc | PPO | selection pending: no runs yet |" in md

@@ -39,6 +39,13 @@ SEEDS = (101, 202)  # the two tuning seeds, outside the paper's five
 # each method's LAPTOP policy learning rate when the protocol was declared (results/laptop/tuning/run_tuning.sh)
 PRESET = {"sta_naive": 1e-4, "sta_total": 1e-4, "sta_total_gn": 1e-4, "simultaneous": 1e-4, "reversed": 2e-5,
           "parl": 1e-4, "ppo": 3e-5, "dpo": 1e-4, "iterated_dpo": 1e-4, "dro_v": 1e-4}
+MULTIPLIERS = (0.3, 1, 3)  # the protocol's three configurations per method, as run_tuning.sh rounds them
+
+
+def expected_rates(method):
+    return [float(f"{m * PRESET[method]:.3g}") for m in MULTIPLIERS]
+
+
 COLUMNS = ["task", "method", "policy_lr", "preset_lr", "seeds_finished", "scores", "score_mean", "final_reward_mean",
            "final_kl_mean", "status", "selected", "selection"]
 
@@ -94,6 +101,8 @@ def judge(config_runs):
 def select(configs, unreadable=()):
     """(selected configuration or None, a sentence) by the protocol's rule."""
     pending = [c for c in configs if c["status"].startswith("incomplete")]
+    if configs and len(pending) == len(configs) and not unreadable and all("no runs" in c["status"] for c in pending):
+        return None, "selection pending: no runs yet"
     if pending or unreadable or not configs:
         why = ([f"policy_lr {c['lr']:g} {c['status']}" for c in pending] + [f"{d.name} unreadable" for d in unreadable]
                or ["no runs yet"])
@@ -140,7 +149,12 @@ def main(argv=None):
     sections, rows = [], []
     for task in tasks:
         for method in [m for m in NAMES if m in PRESET]:
-            configs = sorted((judge(members) for members in by.get((task, method), {}).values()), key=lambda c: c["lr"] or 0)
+            configs = [judge(members) for members in by.get((task, method), {}).values()]
+            for rate in expected_rates(method):  # a configuration with no run yet keeps the selection pending
+                if not any(c["lr"] and abs(c["lr"] - rate) <= 1e-6 * rate for c in configs):
+                    configs.append({"lr": rate, "status": "incomplete (no runs yet)", "scores": {}, "score": None,
+                                    "final_reward": None, "final_kl": None})
+            configs.sort(key=lambda c: c["lr"] or 0)
             lost = [d for d in unreadable if d.name.startswith(f"{task}__{method}__")]
             chosen, sentence = select(configs, lost)
             preset = PRESET[method]
