@@ -712,15 +712,30 @@ def field_ranges(Args):
 
 
 def parse_args(Args, laptop_overrides):
-    """tyro CLI. Defaults are the paper's; `--laptop` swaps in the laptop preset, `--resume DIR` the resumed run's
+    """tyro CLI. Defaults are the paper's; `--laptop` swaps in the laptop preset (common.LAPTOP, then the script's, then
+    the rates of the script's mode where its preset has one per mode), `--resume DIR` the resumed run's
     latest arguments (config.json); flags given explicitly win over both. Bad values end with a one-line error, exit
     code 2, before anything is written."""
     import tyro
 
     argv, script = sys.argv[1:], Path(sys.argv[0]).name
-    default, preset = None, {**LAPTOP, **laptop_overrides}
+    # a value that is a dict is a preset per mode, {field: {value: its rates}} (dpo.py's --online, sta_total.py's
+    # --curvature): the tuning protocol may select different rates for two methods of one script
+    modes = {k: v for k, v in laptop_overrides.items() if isinstance(v, dict)}
+    default, preset = None, {**LAPTOP, **{k: v for k, v in laptop_overrides.items() if k not in modes}}
+    flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in preset.items())
+    for field, by_value in modes.items():
+        for value, rates in by_value.items():
+            mode = f"--{field.replace('_', '-')}" + ("" if value is True else f" {value}")
+            flags += f"; with {mode}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in rates.items())
+    description = f"--laptop sets {flags}; flags given explicitly override it."
     if "--laptop" in argv:
         default = dataclasses.replace(Args(), **preset, laptop=True)
+        if modes:  # read the mode under the common preset first, then take its rates
+            first = tyro.cli(Args, default=default, args=argv, description=description)
+            for field, by_value in modes.items():
+                preset.update(by_value.get(getattr(first, field), {}))
+            default = dataclasses.replace(Args(), **preset, laptop=True)
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("--resume=")), None)
     if "--resume" in argv and argv.index("--resume") + 1 < len(argv):
         resume = argv[argv.index("--resume") + 1]
@@ -739,8 +754,6 @@ def parse_args(Args, laptop_overrides):
                  f"resume it with `python {written_by} --resume {resume}`")
         fields = {f.name for f in dataclasses.fields(Args)}
         default = dataclasses.replace(Args(), **{k: v for k, v in config["args"].items() if k in fields})
-    flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in preset.items())
-    description = f"--laptop sets {flags}; flags given explicitly override it."
     args = tyro.cli(Args, default=default, args=argv, description=description)
     for field, valid in field_ranges(Args).items():
         value = getattr(args, field)

@@ -116,7 +116,9 @@ class Args:
     """test prompts per generation batch in the evaluation"""
 
 
-LAPTOP = dict(policy_lr=1e-4, rm_lr=1e-3, cg_damping=10.0)  # λ = 10: docs/sta_total.md's damping table
+# λ = 10: docs/sta_total.md's damping table; policy_lr by the tuning protocol, per curvature (docs/laptop-scale.md):
+# 1e-4 with the Hessian, 3e-5 with Gauss-Newton (1e-4 before it)
+LAPTOP = dict(policy_lr=1e-4, rm_lr=1e-3, cg_damping=10.0, curvature={"gauss-newton": dict(policy_lr=3e-5)})
 
 
 def implicit_term(pair_losses, rm_params, b, cg_iterations, cg_damping, cg_tol):

@@ -128,5 +128,28 @@ def test_laptop_help_lists_the_preset_and_says_flags_override_it(script, capsys,
     text = " ".join(captured.out.split())  # the help wraps lines at the terminal's width
     assert code == 0
     for name, value in {**common.LAPTOP, **module.LAPTOP}.items():
-        assert f"--{name.replace('_', '-')} {value}" in text, f"{script}.py --help lacks the preset's --{name} {value}"
+        if isinstance(value, dict):  # a preset per mode: "with --online: --policy-lr 3e-05"
+            for mode, rates in value.items():
+                mode = f"--{name.replace('_', '-')}" + ("" if mode is True else f" {mode}")
+                listed = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in rates.items())
+                assert f"with {mode}: {listed}" in text, f"{script}.py --help lacks the preset of {mode}"
+        else:
+            assert f"--{name.replace('_', '-')} {value}" in text, f"{script}.py --help lacks the preset's --{name} {value}"
     assert "flags given explicitly override it" in text
+
+
+@pytest.mark.parametrize("script,mode,common_rate,mode_rate", [("dpo", ["--online"], 1e-4, 3e-5),
+                                                                ("sta_total", ["--curvature", "gauss-newton"], 1e-4, 3e-5)])
+def test_a_preset_per_mode_gives_each_method_its_tuned_rate_and_explicit_flags_still_win(
+        script, mode, common_rate, mode_rate, capsys, monkeypatch):
+    """Issue 25: dpo.py serves DPO and iterated DPO, sta_total.py Total STA with the Hessian and with Gauss-Newton; the
+    tuning protocol selected a policy rate per method, so `--laptop` takes the one of the mode the flags ask for, in
+    either order, and an explicit --policy-lr still wins. Without --laptop the paper's default stays."""
+    default_rate = importlib.import_module(script).Args().policy_lr
+    assert parse(script, [], capsys, monkeypatch)[0].policy_lr == common_rate
+    assert parse(script, mode, capsys, monkeypatch)[0].policy_lr == mode_rate
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *mode, "--model", TEST_MODEL, "--laptop"])
+    assert common.parse_args(importlib.import_module(script).Args, importlib.import_module(script).LAPTOP).policy_lr == mode_rate
+    assert parse(script, [*mode, "--policy-lr", "2e-4"], capsys, monkeypatch)[0].policy_lr == 2e-4
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *mode, "--model", TEST_MODEL])
+    assert common.parse_args(importlib.import_module(script).Args, importlib.import_module(script).LAPTOP).policy_lr == default_rate
