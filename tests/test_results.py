@@ -245,3 +245,29 @@ def test_an_empty_folder_and_a_closed_pipe(tmp_path):
     os.close(write)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert (tmp_path / "out" / "results.md").exists()
+
+
+def test_a_later_folder_replaces_an_earlier_ones_runs_of_a_method_on_a_task(synthetic, tmp_path):
+    """Issue 25 §2: `results.py untuned tuned` reads the tuned re-runs in place of the untuned runs of the methods the
+    tuning changed, the untuned runs of the others, and says which folder gave what; claims.py reads the same."""
+    tuned = tmp_path / "tuned"
+    rows = [{"iteration": 0, "wall_time": 0.0, "prompts_seen": 0, "pairs_queried": 0, "eval/reward": 0.5, "eval/kl": 0.0},
+            {"iteration": 4, "wall_time": 3.0, "prompts_seen": 8, "pairs_queried": 8, "eval/reward": 7.5, "eval/kl": 9.0}]
+    for seed in (1, 2):
+        write_run(tuned, f"wc__iterated_dpo__{seed}", "dpo", "wc", seed, rows, online=True, policy_lr=3e-5)
+    done = subprocess.run([*RESULTS, str(synthetic), str(tuned), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = read_csv(tmp_path / "out")
+    assert table[("wc", "iterated_dpo")]["n"] == "2" and close(table[("wc", "iterated_dpo")]["final_reward_mean"], 7.5)
+    assert table[("wc", "sta_naive")]["n"] == "3" and close(table[("wc", "sta_naive")]["final_reward_mean"], 2.0)
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert f"`{tuned}` (1 task × method groups; in place of the earlier folder's runs of Iterated DPO on 1 task(s)" in text
+    groups = results.load_folders([synthetic, tuned])
+    assert groups[("wc", "iterated_dpo")]["folder"] == str(tuned) and groups[("wc", "dpo")]["folder"] == str(synthetic)
+    claims = subprocess.run([sys.executable, str(REPO / "tools" / "claims.py"), str(synthetic), str(tuned)],
+                            capture_output=True, text=True, timeout=300)
+    assert claims.returncode == 0, claims.stderr
+    assert f"`{tuned}` (1 task × method groups; in place" in claims.stdout
+    missing = subprocess.run([*RESULTS, str(synthetic), str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip().endswith("is not a folder")

@@ -60,7 +60,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import NAMES, PAPER_SECONDS, TASK_NAMES, fail, load, pareto_front, reward_at_kl, summarise  # noqa: E402
+from results import (NAMES, PAPER_SECONDS, TASK_NAMES, fail, load_folders, pareto_front, reward_at_kl,  # noqa: E402
+                     sources, summarise)
 
 STA = ["sta_naive", "sta_total"]
 ALPHA = 0.05  # family-wise error rate of each family of comparisons (Holm)
@@ -499,17 +500,19 @@ def measurements(groups, tasks, methods):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, help="a folder of runs (tools/grid.py's --output-dir)")
+    parser.add_argument("runs", type=Path, nargs="+", help="folder(s) of runs (tools/grid.py's --output-dir); with "
+                        "several, a later folder's runs of a method on a task replace an earlier one's")
     parser.add_argument("--cost", type=Path, help="tools/bench_cost.py's cost.csv, for claim 6")
     parser.add_argument("--out", type=Path, help="write claims.md here (default: print it)")
     cli = parser.parse_args(argv)
     if hasattr(signal, "SIGPIPE") and argv is None:  # `| head` ends the tool quietly, not with a BrokenPipeError traceback
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if not cli.runs.is_dir():
-        fail(f"{cli.runs} is not a folder of runs")
-    groups = load(cli.runs)
+    for root in cli.runs:
+        if not root.is_dir():
+            fail(f"{root} is not a folder of runs")
+    groups = load_folders(cli.runs)
     if not groups:
-        fail(f"no run directories (with config.json) under {cli.runs}")
+        fail(f"no run directories (with config.json) under {' '.join(map(str, cli.runs))}")
     rows, curves = summarise(groups, None)
     tasks, methods = tasks_and_methods(groups)
     cost = None
@@ -526,7 +529,7 @@ def main(argv=None):
     ]
     n = max((len(g["runs"]) for g in groups.values()), default=0)
     text = ["# The paper's claims at this scale", "",
-            f"From `{cli.runs}` by `python tools/claims.py {' '.join(sys.argv[1:] if argv is None else argv)}`. Paired "
+            f"{sources(cli.runs, groups)} by `python tools/claims.py {' '.join(sys.argv[1:] if argv is None else argv)}`. Paired "
             f"differences are `mean ± std (favourable seeds/n, t, p, Holm)`: p the two-sided p of the paired t test "
             f"(n − 1 degrees of freedom), Holm the p adjusted by Holm's method within the claim's family of "
             f"comparisons on that task, `*` where the adjusted p is below {ALPHA}. Readings: final reward (the last "

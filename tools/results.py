@@ -225,6 +225,35 @@ def load(root):
     return groups
 
 
+def load_folders(roots):
+    """load() of each folder in turn; a later folder's (task, method) group replaces an earlier one's whole, so
+    `results/laptop/runs results/laptop/tuned/runs` reads the tuned re-runs in place of the untuned runs of the
+    methods whose preset the tuning changed, and the untuned runs of the others. Each group keeps its folder."""
+    groups = {}
+    for root in roots:
+        for key, group in load(root).items():
+            group["folder"] = str(root)
+            if key in groups:
+                group["replaced"] = f"{len(groups[key]['runs'])} run(s) under {groups[key]['folder']}"
+            groups[key] = group
+    return groups
+
+
+def sources(roots, groups):
+    """One sentence on where the runs come from: the folder, or with several, which (task, method) each one gave."""
+    if len(roots) == 1:
+        return f"From `{roots[0]}`"
+    parts = []
+    for root in roots:
+        keys = sorted(key for key, g in groups.items() if g["folder"] == str(root))
+        replaced = [key for key in keys if "replaced" in groups[key]]
+        what = ", ".join(sorted({NAMES.get(m, m) for _, m in replaced})) if replaced else None
+        parts.append(f"`{root}` ({len(keys)} task × method groups" +
+                     (f"; in place of the earlier folder's runs of {what} on {len(replaced)} task(s) in all" if what else "")
+                     + ")")
+    return "From " + " and ".join(parts) + " (a later folder's runs of a method on a task replace an earlier one's)"
+
+
 def curve(runs):
     """Per evaluation step present in every run: prompts, pairs, KL and reward, each (mean, std) over the runs."""
     if not runs:
@@ -351,12 +380,12 @@ def headline(rows):
     return lines + [""]
 
 
-def markdown(rows, root, groups, figures, kl_budget):
+def markdown(rows, roots, groups, figures, kl_budget):
     runs = [r for g in groups.values() for r in g["runs"]]
     count = {s: sum(r["status"] == s for r in runs) for s in ("finished", "diverged")}
     lines = [
         "# Results", "",
-        f"From `{root}`: {len(runs)} runs ({count['finished']} finished, {count['diverged']} diverged, "
+        f"{sources(roots, groups)}: {len(runs)} runs ({count['finished']} finished, {count['diverged']} diverged, "
         f"{len(runs) - sum(count.values())} unfinished), read from each run's `config.json` and `metrics.csv` by "
         "`tools/results.py`. Mean ± sample standard deviation (n − 1) over seeds; n counts the finished runs, the only "
         "ones averaged. Final = the run's last evaluation. Pareto front as in the paper's §6: "
@@ -548,7 +577,9 @@ def plot(rows, curves, groups, out, x_axes="both"):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", help="folder of run directories (tools/grid.py's --output-dir)")
+    parser.add_argument("runs", nargs="+", help="folder(s) of run directories (tools/grid.py's --output-dir); with "
+                        "several, a later folder's runs of a method on a task replace an earlier one's (untuned grid "
+                        "first, tuned re-runs after)")
     parser.add_argument("--out", default="results", help="folder for the figures, results.md and results.csv")
     parser.add_argument("--kl-budget", type=float, default=None,
                         help="KL budget of the equal-KL and Pareto columns (default: per task, the smallest final "
@@ -559,11 +590,12 @@ if __name__ == "__main__":
     cli = parser.parse_args()
     if hasattr(signal, "SIGPIPE"):  # `| head` ends the tool quietly, not with a BrokenPipeError traceback
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if not Path(cli.runs).is_dir():
-        fail(f"{cli.runs} is not a folder")
-    groups = load(cli.runs)
+    for root in cli.runs:
+        if not Path(root).is_dir():
+            fail(f"{root} is not a folder")
+    groups = load_folders(cli.runs)
     if not groups:
-        fail(f"no run directories (with config.json) under {cli.runs}")
+        fail(f"no run directories (with config.json) under {' '.join(cli.runs)}")
     out = Path(cli.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, curves = summarise(groups, cli.kl_budget)
