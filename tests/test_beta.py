@@ -123,7 +123,8 @@ def test_the_report_and_the_later_folder_rule(folders, tmp_path, capsys):
     md = capsys.readouterr().out
     assert "Methods: Naive STA, Total STA, Iterated DPO." in md  # offline DPO has a single β: not analysed
     assert "| wc | holds |" in md and "one Holm family of 12 comparisons" in md
-    assert f"| Iterated DPO | 0.1 | 5 | 5.00 ± 0.00 | 4.00 ± 0.00 | `{folders[1]}` (in place of 5 run(s) under {folders[0]})" in md
+    replaced = f"`{folders[1]}` (in place of 5 run(s) under {folders[0]})"
+    assert f"| Iterated DPO | 0.1 | 5 | 5.00 ± 0.00 | 4.00 ± 0.00 | {replaced}" in md
     assert "K = 6.00" in md and "budgets 1.5, 3.0, 4.5, 6.0" in md
     assert "| Iterated DPO | 2.50 ± 0.00 (n 5; 0.3 ×5) |" in md and "8.00 ± 0.00 (n 5; 0.03 ×5) |" in md
     # Naive at KL ≤ 1.5: 0.75, 0.85, 0.7125, 0.8, 0.73125: mean 0.76875, std √(0.0125/4) = 0.056
@@ -155,6 +156,12 @@ def test_a_bad_folder_is_one_line_and_exit_2(tmp_path, bad):
     done = subprocess.run([*BETA, str(target), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert done.stderr.startswith(f"error: {target} is not a folder of runs") and not (tmp_path / "out").exists()
+
+
+def test_the_parent_of_the_beta_folders_names_them(folders, tmp_path):
+    done = subprocess.run([*BETA, str(tmp_path)], capture_output=True, text=True, timeout=60)  # grid/, tuned/, beta0.03/...
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stdout == ""
+    assert f"give the folders of runs themselves: {folders[2]} {folders[3]} {folders[0]} {folders[1]}" in done.stderr
 
 
 def test_the_figure(folders, tmp_path):

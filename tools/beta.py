@@ -122,6 +122,11 @@ def budgets_of(k):
     return [round(f * k, 1) for f in FRACTIONS]
 
 
+def where(run):
+    """An unfinished run's seed, status and last iteration, as results.md lists it."""
+    return f"seed {run['seed']} {run['status']}" + (f" at iteration {run['iteration']}" if run["iteration"] is not None else "")
+
+
 def incomplete(groups, task, methods, betas):
     """What keeps a task from being tested: missing groups, unfinished runs, missing seeds ([] if nothing)."""
     expected = sorted({r["seed"] for (t, m, b), g in groups.items() if t == task and m in methods for r in g["runs"]})
@@ -133,9 +138,8 @@ def incomplete(groups, task, methods, betas):
                 reasons.append(f"{name(method)} β {beta:g}: no runs")
                 continue
             seeds = {r["seed"] for r in group["runs"]}
-            reasons += [f"{name(method)} β {beta:g} seed {r['seed']} {r['status']}"
-                        + (f" at iteration {r['iteration']}" if r["iteration"] is not None else "")
-                        for r in group["runs"] if r["status"] not in ("finished", "diverged")]
+            reasons += [f"{name(method)} β {beta:g} {where(r)}" for r in group["runs"]
+                        if r["status"] not in ("finished", "diverged")]
             missing = [s for s in expected if s not in seeds]
             if missing:
                 reasons.append(f"{name(method)} β {beta:g}: seed(s) {' '.join(map(str, missing))} missing")
@@ -182,9 +186,9 @@ def analyse(groups, task, methods):
 
 
 def group_notes(group, expected):
-    notes = [f"diverged: seed {r['seed']} after iteration {r['iteration']}" for r in group["runs"] if r["status"] == "diverged"]
-    notes += [f"unfinished: seed {r['seed']} {r['status']}" + (f" at iteration {r['iteration']}" if r["iteration"] is not None else "")
-              for r in group["runs"] if r["status"] not in ("finished", "diverged")]
+    notes = [f"diverged: seed {r['seed']} after iteration {r['iteration']}" for r in group["runs"]
+             if r["status"] == "diverged"]
+    notes += [f"unfinished: {where(r)}" for r in group["runs"] if r["status"] not in ("finished", "diverged")]
     missing = [s for s in expected if s not in {r["seed"] for r in group["runs"]}]
     notes += [f"missing seeds: {' '.join(map(str, missing))}"] if missing else []
     notes += group["excluded"]
@@ -327,7 +331,9 @@ def main(argv=None):
             fail(f"{root} is not a folder of runs")
     groups = load_beta(cli.runs)
     if not groups:
-        fail(f"no run directories (with config.json) under {' '.join(map(str, cli.runs))}")
+        nested = [str(d) for root in cli.runs for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*/config.json"))]
+        fail(f"no run directories (with config.json) under {' '.join(map(str, cli.runs))}"
+             + (f"; give the folders of runs themselves: {' '.join(nested)}" if nested else ""))
     present = {m for _, m, _ in groups}
     if cli.methods:
         unknown = [m for m in cli.methods if m not in present]
