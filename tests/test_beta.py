@@ -148,6 +148,21 @@ def test_an_incomplete_task_is_not_tested(tmp_path, capsys):
     assert "| wc | incomplete: " in md and "Paired differences" not in md and "Verdict, " not in md
 
 
+def test_a_diverged_seed_leaves_the_envelope_but_the_task_is_tested(tmp_path, capsys):
+    low, mid, high = tmp_path / "low", tmp_path / "mid", tmp_path / "high"
+    write_folder(low, 0.03, ["sta_naive", "sta_total", "iterated_dpo"])
+    write_folder(mid, 0.1, ["sta_naive", "sta_total", "iterated_dpo"])
+    write_folder(high, 0.3, ["sta_naive", "sta_total", "iterated_dpo"], skip={("iterated_dpo", 8688)})
+    write_run(high, "wc__iterated_dpo__8688", "dpo", "wc", 8688, sta_rows(1, [0, 9, 9], [0, 1, 1], 8)[:3],
+              status="diverged", beta=0.3, online=True)
+    beta.main([str(low), str(mid), str(high)])
+    md = capsys.readouterr().out
+    assert "| Iterated DPO | 0.3 | 4 | 3.00 ± 0.00 | 2.00 ± 0.00 |" in md and "diverged: seed 8688 after iteration 2" in md
+    assert "Not in the envelopes (diverged): Iterated DPO β 0.3 seed 8688." in md
+    assert "| Iterated DPO | 2.50 ± 0.00 (n 4; 0.3 ×4) |" in md  # its runs at β 0.03 and 0.1 do not enter alone
+    assert "(0/4, t " in md and "| wc | holds |" in md  # Naive − iterated DPO paired on the four seeds both have
+
+
 @pytest.mark.parametrize("bad", ["missing", "file"])
 def test_a_bad_folder_is_one_line_and_exit_2(tmp_path, bad):
     target = tmp_path / "nothing"
