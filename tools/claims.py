@@ -17,7 +17,9 @@ seeds to pair. Diverged runs (a method's outcome) are named beside the compariso
 Readings. Final reward: each run's last evaluation. Equal KL: each run's reward at its pair's KL budget, the smaller of
 the two methods' final KLs (each the mean over seeds of the last evaluation's KL), read off the run's upper reward-KL
 envelope (results.reward_at_kl: its evaluations, iteration 0 at KL 0 included, joined in order by straight lines, the
-highest reward that path reaches at KL ≤ budget; a run that never reaches the budget scores its best evaluation).
+highest reward that path reaches at KL ≤ budget; a run that never reaches the budget scores its best evaluation). A
+budget below a run's first evaluation after iteration 0 reads it on the straight line from iteration 0, a lower bound
+of its path: each equal-KL cell counts such runs per method ("below the first evaluation: Naive STA 5/5").
 
 1. Both STA variants reach a higher final reward than every other method, per task (§6, Figure 1), under both
    readings (the paper's is final reward), each a family of 2 × (other methods) comparisons per task (Total-GN's
@@ -180,18 +182,30 @@ def at_equal_kl(groups, task, a, b):
     return read(a), read(b), budget
 
 
+def below_first_evaluation(run, budget):
+    """Whether a run's reward at the budget is read on the straight line from iteration 0 to its first evaluation (the
+    budget below that evaluation's KL): a lower bound of its path, not a point measured on it."""
+    later = [e for e in run["evals"] if e["iteration"] > 0 and e["kl"] is not None]
+    return bool(later) and budget < later[0]["kl"]
+
+
 def compare(groups, task, a, b, reading):
     """The paired comparison of a − b under a reading: "final reward", "equal KL" (at the pair's budget) or "final KL";
-    the equal-KL one carries its budget."""
+    the equal-KL one carries its budget and, per method, how many of its runs are read below their first evaluation."""
     if reading == "equal KL":
         ra, rb, budget = at_equal_kl(groups, task, a, b)
-        return {**paired(ra, rb), "budget": budget}
+        line = {m: (sum(below_first_evaluation(r, budget) for r in finished(groups, task, m)), len(finished(groups, task, m)))
+                for m in (a, b)}
+        return {**paired(ra, rb), "budget": budget, "below_first": line}
     key = "kl" if reading == "final KL" else "reward"
     return paired(finals(groups, task, a, key), finals(groups, task, b, key))
 
 
 def cell(c):
-    return fmt_paired(c) + (f" at KL {c['budget']:.1f}" if c.get("budget") is not None and c["n"] else "")
+    if c.get("budget") is None or not c["n"]:
+        return fmt_paired(c)
+    below = [f"{name(m)} {k}/{n}" for m, (k, n) in c["below_first"].items() if k]
+    return fmt_paired(c) + f" at KL {c['budget']:.1f}" + (f" (below the first evaluation: {', '.join(below)})" if below else "")
 
 
 def claim_final_reward(groups, tasks, methods):
