@@ -6,7 +6,7 @@
 # runs and resumes checkpointed ones: re-run to continue. Beside it: results/laptop/commit_finished.sh results/laptop/beta/runs
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-for beta in 0.03 0.3; do
+for beta in 0.3 0.03; do  # 0.3 first: it adds the low-KL evaluations that the equal-KL readings lack most
   python tools/grid.py --algos sta_naive iterated_dpo sta_total --tasks cwc wc un --workers 2 \
     --output-dir "results/laptop/beta/runs/beta$beta" -- --laptop --beta "$beta"
 done
