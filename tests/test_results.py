@@ -262,12 +262,12 @@ def test_a_later_folder_replaces_an_earlier_ones_runs_of_a_method_on_a_task(synt
     assert table[("wc", "iterated_dpo")]["n"] == "2" and close(table[("wc", "iterated_dpo")]["final_reward_mean"], 7.5)
     assert table[("wc", "sta_naive")]["n"] == "3" and close(table[("wc", "sta_naive")]["final_reward_mean"], 2.0)
     text = (tmp_path / "out" / "results.md").read_text()
-    assert f"`{tuned}` (1 task × method groups; in place of the earlier folder's runs of Iterated DPO on 1 task(s)" in text
+    assert f"a later folder's runs of a method on a task in place of an earlier one's (Iterated DPO on wc from `{tuned}`; the rest from `{synthetic}`)" in text
     groups = results.load_folders([synthetic, tuned])
     assert groups[("wc", "iterated_dpo")]["folder"] == str(tuned) and groups[("wc", "dpo")]["folder"] == str(synthetic)
     claims = subprocess.run([sys.executable, str(REPO / "tools" / "claims.py"), str(synthetic), str(tuned)],
                             capture_output=True, text=True, timeout=300)
     assert claims.returncode == 0, claims.stderr
-    assert f"`{tuned}` (1 task × method groups; in place" in claims.stdout
+    assert f"(Iterated DPO on wc from `{tuned}`; the rest from `{synthetic}`)" in claims.stdout
     missing = subprocess.run([*RESULTS, str(synthetic), str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip().endswith("is not a folder")

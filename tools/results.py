@@ -240,18 +240,17 @@ def load_folders(roots):
 
 
 def sources(roots, groups):
-    """One sentence on where the runs come from: the folder, or with several, which (task, method) each one gave."""
+    """Where the runs come from: the folder, or with several, which method on which task each later folder gave."""
     if len(roots) == 1:
         return f"From `{roots[0]}`"
-    parts = []
-    for root in roots:
-        keys = sorted(key for key, g in groups.items() if g["folder"] == str(root))
-        replaced = [key for key in keys if "replaced" in groups[key]]
-        what = ", ".join(sorted({NAMES.get(m, m) for _, m in replaced})) if replaced else None
-        parts.append(f"`{root}` ({len(keys)} task × method groups" +
-                     (f"; in place of the earlier folder's runs of {what} on {len(replaced)} task(s) in all" if what else "")
-                     + ")")
-    return "From " + " and ".join(parts) + " (a later folder's runs of a method on a task replace an earlier one's)"
+    given = []
+    for root in roots[1:]:
+        tasks = defaultdict(list)  # method: the tasks this folder gave it
+        for task, method in sorted(k for k, g in groups.items() if g["folder"] == str(root)):
+            tasks[method].append(task)
+        given += [f"{NAMES.get(m, m)} on {', '.join(ts)} from `{root}`" for m, ts in tasks.items()]
+    return (f"From `{'`, `'.join(map(str, roots))}`, a later folder's runs of a method on a task in place of an earlier "
+            f"one's ({'; '.join(given) or 'nothing from the later folders'}; the rest from `{roots[0]}`)")
 
 
 def curve(runs):
