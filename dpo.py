@@ -79,6 +79,9 @@ class Args:
     """iterated DPO: fresh pairs from the current policy every batch, π_ref fixed (default: offline pairs from π_ref)"""
     eval_every: Annotated[int, common.Range(1)] = 10
     """evaluate at iteration 0 and every this many iterations (D19)"""
+    eval_first: Annotated[int, common.Range(0)] = 0
+    """also evaluate after each of the first this many iterations, where the reward-KL path moves fastest (0: no
+    extra evaluations; they change no training step: the evaluation draws from its own generator)"""
     eval_batch_size: Annotated[int, common.Range(1)] = 32
     """test prompts per generation batch in the evaluation"""
 
@@ -157,7 +160,7 @@ if __name__ == "__main__":
                         "dpo/rejected_reward": implicit_reward[n_pairs:].mean().item(),
                         "dpo/margin": (args.beta * h).mean().item(), "dpo/accuracy": (h > 0).float().mean().item()})
 
-        if iteration % args.eval_every == 0 or iteration == args.iterations:
+        if iteration % args.eval_every == 0 or iteration <= args.eval_first or iteration == args.iterations:
             evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                          args.eval_batch_size, args.seed, args.device)
             row.update({"eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})

@@ -84,6 +84,9 @@ class Args:
     """AdamW learning rate of the value network V_φ"""
     eval_every: Annotated[int, common.Range(1)] = 10
     """evaluate at iteration 0 and every this many iterations (D19)"""
+    eval_first: Annotated[int, common.Range(0)] = 0
+    """also evaluate after each of the first this many iterations, where the reward-KL path moves fastest (0: no
+    extra evaluations; they change no training step: the evaluation draws from its own generator)"""
     eval_batch_size: Annotated[int, common.Range(1)] = 32
     """test prompts per generation batch in the evaluation"""
 
@@ -164,7 +167,7 @@ if __name__ == "__main__":
         row.update({"policy/loss": policy_loss.item(), "value/loss": value_loss.item(), "value/mean": values.mean().item(),
                     "dro_v/logratio": logratio.mean().item(), "dro_v/logratio_abs_max": logratio.abs().max().item()})
 
-        if iteration % args.eval_every == 0 or iteration == args.iterations:
+        if iteration % args.eval_every == 0 or iteration <= args.eval_first or iteration == args.iterations:
             evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                          args.eval_batch_size, args.seed, args.device)
             row.update({"eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})

@@ -95,6 +95,9 @@ class Args:
     """minibatches per epoch: 1 = one step on all kB sequences (the authors' code), M = M shuffled minibatches"""
     eval_every: Annotated[int, common.Range(1)] = 10
     """evaluate at iteration 0 and every this many iterations (D19)"""
+    eval_first: Annotated[int, common.Range(0)] = 0
+    """also evaluate after each of the first this many iterations, where the reward-KL path moves fastest (0: no
+    extra evaluations; they change no training step: the evaluation draws from its own generator)"""
     eval_batch_size: Annotated[int, common.Range(1)] = 32
     """test prompts per generation batch in the evaluation"""
 
@@ -228,7 +231,7 @@ if __name__ == "__main__":
         row.update({"policy/kl": kl.mean().item(), "policy/kl_k1": kl_k1.mean().item(), "ppo/value_mean": masked_mean(values, continuation).item(),
                     "ppo/explained_variance": explained_variance.item()})
 
-        if iteration % args.eval_every == 0 or iteration == args.iterations:
+        if iteration % args.eval_every == 0 or iteration <= args.eval_first or iteration == args.iterations:
             evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                          args.eval_batch_size, args.seed, args.device)
             row.update({"eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})

@@ -83,6 +83,9 @@ class Args:
     """subtract the batch mean of the RM scores in REINFORCE (the paper has no baseline)"""
     eval_every: Annotated[int, common.Range(1)] = 10
     """evaluate at iteration 0 and every this many iterations (D19)"""
+    eval_first: Annotated[int, common.Range(0)] = 0
+    """also evaluate after each of the first this many iterations, where the reward-KL path moves fastest (0: no
+    extra evaluations; they change no training step: the evaluation draws from its own generator)"""
     eval_batch_size: Annotated[int, common.Range(1)] = 32
     """test prompts per generation batch in the evaluation"""
 
@@ -163,7 +166,7 @@ if __name__ == "__main__":
             row.update({"policy/loss": policy_loss.item(), "policy/pg_loss": pg_loss.item(), "policy/kl": kl.mean().item(),
                         "rm/score_mean": rm_scores.mean().item(), "rm/score_std": rm_scores.std().item()})
 
-        if iteration % args.eval_every == 0 or iteration == args.iterations:
+        if iteration % args.eval_every == 0 or iteration <= args.eval_first or iteration == args.iterations:
             evaluation = common.evaluate(policy, ref_policy, tokenizer, test_prompts, args.task, args.max_new_tokens,
                                          args.eval_batch_size, args.seed, args.device)
             row.update({"eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})

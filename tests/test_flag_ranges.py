@@ -20,6 +20,7 @@ WALK = ["nan", "inf", "-inf", "0", "-1", "-0.5", HUGE, HUGER]
 ZERO_IS_VALID = {
     "seed": "a seed like any other",
     "save_every": "0: checkpoint only on Ctrl-C and SIGTERM",
+    "eval_first": "no evaluations beyond --eval-every's",
     "beta": "no KL term (PPO: no KL penalty)",
     "tau": "no KL regulariser",
     "rm_weight_decay": "no weight decay",

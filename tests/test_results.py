@@ -271,3 +271,15 @@ def test_a_later_folder_replaces_an_earlier_ones_runs_of_a_method_on_a_task(synt
     assert f"(Iterated DPO on wc from `{tuned}`; the rest from `{synthetic}`)" in claims.stdout
     missing = subprocess.run([*RESULTS, str(synthetic), str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip().endswith("is not a folder")
+
+
+def test_runs_with_extra_early_evaluations_average_with_runs_without(tmp_path):
+    """--eval-first changes no training step (tests/test_eval_first.py), so a run with it and a run from before the flag
+    existed are one group: both averaged, their extra evaluations on each run's own reward-KL path."""
+    rows = lambda final: [{"iteration": i, "wall_time": float(i), "prompts_seen": 16 * i, "pairs_queried": 16 * i,
+                           "eval/reward": float(r), "eval/kl": float(k)} for i, r, k in [(0, 0, 0), (1, 1, 5), (10, final, 30)]]
+    write_run(tmp_path, "cwc__sta_naive__1", "sta_naive", "cwc", 1, rows(4.0), eval_first=1)
+    write_run(tmp_path, "cwc__sta_naive__2", "sta_naive", "cwc", 2, [r for r in rows(6.0) if r["iteration"] != 1])
+    group = results.load(tmp_path)[("cwc", "sta_naive")]
+    assert [r["seed"] for r in group["runs"]] == [1, 2] and group["excluded"] == []
+    assert [results.reward_at_kl(r["evals"], 5.0) for r in group["runs"]] == [1.0, 1.0]  # a point, and 6 × 5/30 on the line

@@ -1,8 +1,8 @@
 """The KL weight β (issue 25 §3): does "iterated DPO beats STA" survive at equal KL from π_ref, once each method's
 front is extended by runs at other β instead of being extrapolated?
 
-    python tools/beta.py results/laptop/runs results/laptop/tuned/runs \\
-        results/laptop/beta/runs/beta0.03 results/laptop/beta/runs/beta0.3 --out results/laptop/beta
+    python tools/beta.py results/laptop/runs results/laptop/tuned/runs results/laptop/beta/runs/beta0.1 \\
+        results/laptop/beta/runs/beta0.3 results/laptop/beta/runs/beta0.03 --out results/laptop/beta
 
 Reads each folder as tools/results.py does (results.load: config.json and metrics.csv, one run per seed; finished,
 diverged and unfinished runs told apart) and keys each group of runs by (task, method, β), β being its runs'

@@ -68,8 +68,10 @@ PAPER_SECONDS = {
 # the methods of the paper's claims whose smallest final mean KL is a task's default KL budget (docs/reproducing.md's
 # tuning protocol sets its budget the same way)
 BUDGET_METHODS = ("sta_naive", "sta_total", "iterated_dpo")
+# arguments that never change a training step, so runs that differ only in them are averaged together (eval_first:
+# extra early evaluations, whose generator is their own; runs from before it have no such key)
 FREE_ARGS = {"seed", "run_name", "output_dir", "resume", "device", "save_every", "track", "wandb_project",
-             "wandb_entity", "tensorboard"}
+             "wandb_entity", "tensorboard", "eval_first"}
 # per-iteration columns kept from metrics.csv: Figure 2's, and those tools/claims.py's measurements read
 SERIES = ("rm/loss", "rm/score_mean", "rm/score_std", "rm/accuracy", "cg/iterations", "cg/returned_iterate",
           "cg/breakdown", "cg/residual", "policy/naive_grad_norm", "policy/implicit_grad_norm")
