@@ -19,7 +19,10 @@ the two methods' final KLs (each the mean over seeds of the last evaluation's KL
 envelope (results.reward_at_kl: its evaluations, iteration 0 at KL 0 included, joined in order by straight lines, the
 highest reward that path reaches at KL ≤ budget; a run that never reaches the budget scores its best evaluation). A
 budget below a run's first evaluation after iteration 0 reads it on the straight line from iteration 0, a lower bound
-of its path: each equal-KL cell counts such runs per method ("below the first evaluation: Naive STA 5/5").
+of its path: each equal-KL cell counts such runs per method ("below the first evaluation: Naive STA 5/5"), and a
+significant difference against a method with such runs is no finding (its true reward there may be higher): it enters
+the verdicts as not significant ("loses only on a lower bound"). One in its favour stands (the truth is higher still).
+Claim 1's verdict is "open (lower bounds)" where it would be within noise and such a comparison is among the reasons.
 
 1. Both STA variants reach a higher final reward than every other method, per task (§6, Figure 1), under both
    readings (the paper's is final reward), each a family of 2 × (other methods) comparisons per task (Total-GN's
@@ -119,13 +122,18 @@ def paired(a, b):
 def holm(family):
     """Holm's step-down correction within a family of paired comparisons: the k-th smallest of m raw p values is
     multiplied by m − k + 1, the products made non-decreasing and capped at 1; a comparison is significant when its
-    adjusted p is below ALPHA. Sets p_holm, significant and sign in place; returns the family."""
+    adjusted p is below ALPHA. Sets p_holm, significant and sign in place; returns the family. An equal-KL comparison
+    whose losing side has runs read below their first evaluation (a lower bound) decides nothing: its sign stays 0."""
     tested = sorted((c for c in family if c["p"] is not None), key=lambda c: c["p"])
     running = 0.0
     for k, c in enumerate(tested):
         running = max(running, min(1.0, (len(tested) - k) * c["p"]))
         c["p_holm"], c["significant"] = running, running < ALPHA
         c["sign"] = 0 if not c["significant"] else (1 if c["mean"] > 0 else -1)
+        if c["sign"] and c.get("below_first"):  # {a: (runs below, runs), b: ...} of the pair a − b
+            loser = list(c["below_first"])[1 if c["sign"] == 1 else 0]
+            if c["below_first"][loser][0]:
+                c["sign"], c["lower_bound"] = 0, loser
     return family
 
 
@@ -205,7 +213,9 @@ def cell(c):
     if c.get("budget") is None or not c["n"]:
         return fmt_paired(c)
     below = [f"{name(m)} {k}/{n}" for m, (k, n) in c["below_first"].items() if k]
-    return fmt_paired(c) + f" at KL {c['budget']:.1f}" + (f" (below the first evaluation: {', '.join(below)})" if below else "")
+    caveat = f"; {name(c['lower_bound'])} loses only on a lower bound: no finding" if c.get("lower_bound") else ""
+    return (fmt_paired(c) + f" at KL {c['budget']:.1f}" +
+            (f" (below the first evaluation: {', '.join(below)}{caveat})" if below else ""))
 
 
 def claim_final_reward(groups, tasks, methods):
@@ -236,6 +246,8 @@ def claim_final_reward(groups, tasks, methods):
             signs = [c["sign"] for (m, _), c in cells.items() if m in STA]
             verdict = ("incomplete" if pending(groups, task, [*STA, *rivals]) else "does not hold" if -1 in signs else
                        "holds" if all(s == 1 for s in signs) else "within noise")
+            if verdict == "within noise" and any(c.get("lower_bound") for (m, _), c in cells.items() if m in STA):
+                verdict = "open (lower bounds)"  # a significant loss on a lower bound: the evaluations cannot tell
             verdicts[f"{task} ({reading})"] = verdict
             lines += ["", f"Verdict on {task}, {reading}: **{verdict}** ({len(signs)} comparisons in the family).", ""]
         lines += [line for line in [left_out(groups, task, [*columns, *rivals])] if line]
@@ -551,7 +563,9 @@ def main(argv=None):
             f"included, read at the pair's KL budget, the smaller of the two methods' mean final KLs; a run that never "
             f"reaches it scores its best evaluation). Verdicts: holds, does not hold, within noise (no significant "
             f"difference either way where the claim needs one), not contradicted (a claim of no difference or no "
-            f"drift that stands only because none was significant). Rules: the docstring of tools/claims.py.", "",
+            f"drift that stands only because none was significant), open (lower bounds) (an equal-KL verdict that a method's "
+            f"runs read below their first evaluation, a lower bound, keep from being settled). Rules: the docstring of "
+            f"tools/claims.py.", "",
             "| claim | verdict |", "|---|---|"]
     for title, (_, verdicts) in sections:
         text.append(f"| {title} | " + "; ".join(f"{k}: {v}" for k, v in verdicts.items()) + " |")
