@@ -18,11 +18,12 @@ Readings. Final reward: each run's last evaluation. Equal KL: each run's reward 
 the two methods' final KLs (each the mean over seeds of the last evaluation's KL), read off the run's upper reward-KL
 envelope (results.reward_at_kl: its evaluations, iteration 0 at KL 0 included, joined in order by straight lines, the
 highest reward that path reaches at KL ≤ budget; a run that never reaches the budget scores its best evaluation). A
-budget below a run's first evaluation after iteration 0 reads it on the straight line from iteration 0, a lower bound
-of its path: each equal-KL cell counts such runs per method ("below the first evaluation: Naive STA 5/5"), and a
-significant difference against a method with such runs is no finding (its true reward there may be higher): it enters
-the verdicts as not significant ("loses only on a lower bound"). One in its favour stands (the truth is higher still).
-Claim 1's verdict is "open (lower bounds)" where it would be within noise and such a comparison is among the reasons.
+budget below a run's first evaluation after iteration 0 reads it on the straight line from iteration 0 to that
+evaluation: an interpolation across the stretch where the run moves fastest, not a measurement, and not a bound either
+way (runs evaluated there with --eval-first lie below that line as well as above it). Each equal-KL cell counts such
+runs per method ("below the first evaluation: Naive STA 5/5"), and a significant difference with such runs on either
+side is no finding: it enters the verdicts as not significant. Claim 1's verdict is "open (interpolated)" where it
+would be within noise and such a comparison is among the reasons.
 
 1. Both STA variants reach a higher final reward than every other method, per task (§6, Figure 1), under both
    readings (the paper's is final reward), each a family of 2 × (other methods) comparisons per task (Total-GN's
@@ -123,17 +124,15 @@ def holm(family):
     """Holm's step-down correction within a family of paired comparisons: the k-th smallest of m raw p values is
     multiplied by m − k + 1, the products made non-decreasing and capped at 1; a comparison is significant when its
     adjusted p is below ALPHA. Sets p_holm, significant and sign in place; returns the family. An equal-KL comparison
-    whose losing side has runs read below their first evaluation (a lower bound) decides nothing: its sign stays 0."""
+    with runs read below their first evaluation (an interpolation, not a measurement) decides nothing: sign 0."""
     tested = sorted((c for c in family if c["p"] is not None), key=lambda c: c["p"])
     running = 0.0
     for k, c in enumerate(tested):
         running = max(running, min(1.0, (len(tested) - k) * c["p"]))
         c["p_holm"], c["significant"] = running, running < ALPHA
         c["sign"] = 0 if not c["significant"] else (1 if c["mean"] > 0 else -1)
-        if c["sign"] and c.get("below_first"):  # {a: (runs below, runs), b: ...} of the pair a − b
-            loser = list(c["below_first"])[1 if c["sign"] == 1 else 0]
-            if c["below_first"][loser][0]:
-                c["sign"], c["lower_bound"] = 0, loser
+        if c["sign"] and any(k for k, _ in c.get("below_first", {}).values()):  # {a: (runs below, runs), b: ...}
+            c["sign"], c["interpolated"] = 0, True
     return family
 
 
@@ -192,7 +191,7 @@ def at_equal_kl(groups, task, a, b):
 
 def below_first_evaluation(run, budget):
     """Whether a run's reward at the budget is read on the straight line from iteration 0 to its first evaluation (the
-    budget below that evaluation's KL): a lower bound of its path, not a point measured on it."""
+    budget below that evaluation's KL): an interpolation across its fastest-moving stretch, not a measurement."""
     later = [e for e in run["evals"] if e["iteration"] > 0 and e["kl"] is not None]
     return bool(later) and budget < later[0]["kl"]
 
@@ -213,7 +212,7 @@ def cell(c):
     if c.get("budget") is None or not c["n"]:
         return fmt_paired(c)
     below = [f"{name(m)} {k}/{n}" for m, (k, n) in c["below_first"].items() if k]
-    caveat = f"; {name(c['lower_bound'])} loses only on a lower bound: no finding" if c.get("lower_bound") else ""
+    caveat = "; significant only on the interpolation: no finding" if c.get("interpolated") else ""
     return (fmt_paired(c) + f" at KL {c['budget']:.1f}" +
             (f" (below the first evaluation: {', '.join(below)}{caveat})" if below else ""))
 
@@ -246,8 +245,8 @@ def claim_final_reward(groups, tasks, methods):
             signs = [c["sign"] for (m, _), c in cells.items() if m in STA]
             verdict = ("incomplete" if pending(groups, task, [*STA, *rivals]) else "does not hold" if -1 in signs else
                        "holds" if all(s == 1 for s in signs) else "within noise")
-            if verdict == "within noise" and any(c.get("lower_bound") for (m, _), c in cells.items() if m in STA):
-                verdict = "open (lower bounds)"  # a significant loss on a lower bound: the evaluations cannot tell
+            if verdict == "within noise" and any(c.get("interpolated") for (m, _), c in cells.items() if m in STA):
+                verdict = "open (interpolated)"  # a difference seen only where runs have no evaluation
             verdicts[f"{task} ({reading})"] = verdict
             lines += ["", f"Verdict on {task}, {reading}: **{verdict}** ({len(signs)} comparisons in the family).", ""]
         lines += [line for line in [left_out(groups, task, [*columns, *rivals])] if line]
@@ -563,9 +562,9 @@ def main(argv=None):
             f"included, read at the pair's KL budget, the smaller of the two methods' mean final KLs; a run that never "
             f"reaches it scores its best evaluation). Verdicts: holds, does not hold, within noise (no significant "
             f"difference either way where the claim needs one), not contradicted (a claim of no difference or no "
-            f"drift that stands only because none was significant), open (lower bounds) (an equal-KL verdict that a method's "
-            f"runs read below their first evaluation, a lower bound, keep from being settled). Rules: the docstring of "
-            f"tools/claims.py.", "",
+            f"drift that stands only because none was significant), open (interpolated) (an equal-KL verdict that runs read "
+            f"below their first evaluation, on a straight line from iteration 0, keep from being settled). Rules: the "
+            f"docstring of tools/claims.py.", "",
             "| claim | verdict |", "|---|---|"]
     for title, (_, verdicts) in sections:
         text.append(f"| {title} | " + "; ".join(f"{k}: {v}" for k, v in verdicts.items()) + " |")
