@@ -66,8 +66,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import (NAMES, PAPER_SECONDS, TASK_NAMES, fail, load_folders, pareto_front, reward_at_kl,  # noqa: E402
-                     sources, summarise)
+from results import (NAMES, PAPER_SECONDS, TASK_NAMES, below_first_evaluation, fail, load_folders,  # noqa: E402
+                     pareto_front, reward_at_kl, sources, summarise)
 
 STA = ["sta_naive", "sta_total"]
 ALPHA = 0.05  # family-wise error rate of each family of comparisons (Holm)
@@ -187,13 +187,6 @@ def at_equal_kl(groups, task, a, b):
     budget = min(statistics.mean(finals(groups, task, m, "kl").values()) for m in (a, b))
     read = lambda m: {r["seed"]: reward_at_kl(r["evals"], budget) for r in finished(groups, task, m)}
     return read(a), read(b), budget
-
-
-def below_first_evaluation(run, budget):
-    """Whether a run's reward at the budget is read on the straight line from iteration 0 to its first evaluation (the
-    budget below that evaluation's KL): an interpolation across its fastest-moving stretch, not a measurement."""
-    later = [e for e in run["evals"] if e["iteration"] > 0 and e["kl"] is not None]
-    return bool(later) and budget < later[0]["kl"]
 
 
 def compare(groups, task, a, b, reading):

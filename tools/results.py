@@ -12,7 +12,8 @@ Writes to --out:
 - figure1_pareto.png: per task the KL-reward Pareto front of each method as the paper's §6 computes it: at each
   evaluation step the KL and reward averaged over the seeds, then the points that another weakly dominates dropped;
 - equal_kl.png: per task, the reward at equal KL against the KL budget (reward_at_kl: per seed, the highest reward
-  the run's reward-KL path over its evaluations reaches within the budget), mean ± std over seeds, one line per method;
+  the run's reward-KL path over its evaluations reaches within the budget), mean ± std over seeds, one line per method,
+  dashed where some run is read below its first evaluation (on the straight line from iteration 0: an interpolation);
 - figure2_convergence.png: Naive and Total STA's (and Total-GN's) reward-model loss (rm/loss) and the RM reward the policy receives
   (rm/score_mean) per iteration, mean over seeds, with their cumulative averages (the paper's Figures 2 and 3);
 - results.md and results.csv: per task and method the final evaluation reward and KL (mean ± std over seeds, and n),
@@ -126,6 +127,13 @@ def reward_at_kl(evals, budget):
         if min(k0, k1) < budget < max(k0, k1):
             reached.append(r0 + (r1 - r0) * (budget - k0) / (k1 - k0))
     return max(reached) if reached else None
+
+
+def below_first_evaluation(run, budget):
+    """Whether a run's reward at the budget is read on the straight line from iteration 0 to its first evaluation (the
+    budget below that evaluation's KL): an interpolation across its fastest-moving stretch, not a measurement."""
+    later = [e for e in run["evals"] if e["iteration"] > 0 and e["kl"] is not None]
+    return bool(later) and budget < later[0]["kl"]
 
 
 def method_of(config):
@@ -537,7 +545,12 @@ def plot(rows, curves, groups, out, x_axes="both"):
                 continue
             at = [mean_std([reward_at_kl(r["evals"], b) for r in runs[method]]) for b in budgets]
             mean, std = [a[0] for a in at], [a[1] or 0.0 for a in at]
-            ax.plot(budgets, mean, color=COLOURS.get(method), label=f"{NAMES.get(method, method)} (n={len(runs[method])})")
+            # dashed where some run is read below its first evaluation: an interpolation, not a measurement
+            read = [not any(below_first_evaluation(r, b) for r in runs[method]) for b in budgets]
+            ax.plot(budgets, [m if r else math.nan for m, r in zip(mean, read)], color=COLOURS.get(method),
+                    label=f"{NAMES.get(method, method)} (n={len(runs[method])})")
+            ax.plot(budgets, [m if not r or (i and not read[i - 1]) else math.nan for i, (m, r) in enumerate(zip(mean, read))],
+                    color=COLOURS.get(method), linestyle="--", linewidth=0.8)  # to the first measured budget
             ax.fill_between(budgets, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=COLOURS.get(method), alpha=0.15, linewidth=0)
         budget = next(r["kl_budget"] for r in rows if r["task"] == task)
@@ -547,7 +560,7 @@ def plot(rows, curves, groups, out, x_axes="both"):
         legend_below(ax)
     save(fig, "equal_kl.png", "reward at equal KL: per seed the highest reward of the run's reward-KL path within the "
          "KL budget (its best evaluation once the budget is past its last KL), mean ± std over seeds, against the "
-         "budget (dotted: the table's budget)")
+         "budget (dashed where some run is read below its first evaluation, an interpolation; dotted: the table's budget)")
 
     sta = [m for m in ("sta_naive", "sta_total", "sta_total_gn") if any(curves.get((t, m)) for t in tasks)]
     if not sta:
