@@ -127,9 +127,14 @@ def where(run):
     return f"seed {run['seed']} {run['status']}" + (f" at iteration {run['iteration']}" if run["iteration"] is not None else "")
 
 
+def expected_seeds(groups, task, methods):
+    """Every seed that some analysed group of the task has: a group without one of them misses it."""
+    return sorted({r["seed"] for (t, m, b), g in groups.items() if t == task and m in methods for r in g["runs"]})
+
+
 def incomplete(groups, task, methods, betas):
     """What keeps a task from being tested: missing groups, unfinished runs, missing seeds ([] if nothing)."""
-    expected = sorted({r["seed"] for (t, m, b), g in groups.items() if t == task and m in methods for r in g["runs"]})
+    expected = expected_seeds(groups, task, methods)
     reasons = []
     for method in methods:
         for beta in betas:
@@ -197,7 +202,7 @@ def group_notes(group, expected):
 
 def task_lines(groups, task, methods, result):
     betas = result["betas"]
-    expected = sorted({r["seed"] for (t, m, b), g in groups.items() if t == task and m in methods for r in g["runs"]})
+    expected = expected_seeds(groups, task, methods)
     lines = [f"## {TASK_NAMES.get(task, task)}", "",
              "| method | β | n | final reward | final KL | folder | not averaged |", "|---|---|---|---|---|---|---|"]
     for method in methods:

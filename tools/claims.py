@@ -131,7 +131,7 @@ def holm(family):
         running = max(running, min(1.0, (len(tested) - k) * c["p"]))
         c["p_holm"], c["significant"] = running, running < ALPHA
         c["sign"] = 0 if not c["significant"] else (1 if c["mean"] > 0 else -1)
-        if c["sign"] and any(k for k, _ in c.get("below_first", {}).values()):  # {a: (runs below, runs), b: ...}
+        if c["sign"] and any(below for below, _ in c.get("below_first", {}).values()):  # {a: (runs below, runs), b: ...}
             c["sign"], c["interpolated"] = 0, True
     return family
 
