@@ -22,25 +22,28 @@ DPO_PATHS = {0.03: ([0, 3, 6], [0, 4, 8]), 0.1: ([0, 2, 4], [0, 3, 5]), 0.3: ([0
 
 
 def path(kls, rewards):
-    return [{"kl": k, "reward": r} for k, r in zip(kls, rewards)]
+    """A run's evaluations, at iterations 0, 1, 2, ..."""
+    return {"evals": [{"iteration": i, "kl": k, "reward": r} for i, (k, r) in enumerate(zip(kls, rewards))]}
 
 
 def test_the_envelope_is_the_best_beta_at_each_budget():
     # β 0.03 reaches reward 4 by KL 1 and stops at KL 4; β 0.3 climbs slowly to 8 at KL 6
+    # the third value: whether any of the seed's runs is read below its first evaluation after iteration 0
     runs = {0.03: path([0, 1, 4], [0, 4, 5]), 0.3: path([0, 2, 6], [0, 2, 8])}
-    assert beta.envelope(runs, 1.0) == (4, 0.03)  # β 0.3's segment gives 1 at KL 1
-    assert beta.envelope(runs, 6.0) == (8, 0.3)  # β 0.03 never reaches 6: its best evaluation, 5
-    assert beta.envelope(runs, 10.0) == (8, 0.3)
-    assert beta.envelope(runs, 3.0) == (pytest.approx(4 + 2 / 3), 0.03)  # 4 + (5 − 4)·(3 − 1)/3 against 2 + 6/4 = 3.5
+    assert beta.envelope(runs, 1.0) == (4, 0.03, True)  # β 0.3's segment gives 1 at KL 1, below its first evaluation
+    assert beta.envelope(runs, 6.0) == (8, 0.3, False)  # β 0.03 never reaches 6: its best evaluation, 5
+    assert beta.envelope(runs, 10.0) == (8, 0.3, False)
+    assert beta.envelope(runs, 3.0) == (pytest.approx(4 + 2 / 3), 0.03, False)  # 4 + (5 − 4)·(3 − 1)/3 against 2 + 6/4 = 3.5
+    assert beta.envelope(runs, 0.5) == (2, 0.03, True)  # both runs read on their first segment: 4·0.5 against 2·0.5/2
     # a run that never reaches the budget scores its best evaluation, and that can be the maximum
     runs = {0.03: path([0, 1], [0, 7]), 0.3: path([0, 4, 8], [0, 4, 8])}
-    assert beta.envelope(runs, 5.0) == (7, 0.03)  # against 4 + (8 − 4)·(5 − 4)/4 = 5
-    assert beta.envelope({0.3: path([0, 2], [0, 2]), 0.1: path([0, 1], [0, 1])}, 1.0) == (1, 0.1)  # tie: smaller β
-    assert beta.envelope({0.1: path([1, 2], [3, 4])}, 0.5) == (None, None)  # no evaluation within the budget
+    assert beta.envelope(runs, 5.0) == (7, 0.03, False)  # against 4 + (8 − 4)·(5 − 4)/4 = 5
+    assert beta.envelope({0.3: path([0, 2], [0, 2]), 0.1: path([0, 1], [0, 1])}, 1.0) == (1, 0.1, True)  # tie: smaller β
+    assert beta.envelope({0.1: path([1, 2], [3, 4])}, 0.5) == (None, None, True)  # no evaluation within the budget
 
 
-def comparison(mean, sign):
-    return {"mean": mean, "sign": sign}
+def comparison(mean, sign, interpolated=False):
+    return {"mean": mean, "sign": sign, "interpolated": interpolated}
 
 
 @pytest.mark.parametrize("naive, total, verdict", [
@@ -50,6 +53,9 @@ def comparison(mean, sign):
     ([(1, 0), (0, 0)], [(2, 0), (0.5, 0)], "does not hold"),  # it beats neither at any budget, even in the mean
     ([(-1, 0), (1, 0)], [(1, 0), (1, 0)], "within noise"),
     ([(-1, -1), (1, 0)], [(1, 0), (-1, -1)], "within noise"),  # it beats each at some budget, never both at one
+    # a difference significant only on an interpolation (claims.holm set its sign to 0): open, not within noise
+    ([(-1, 0, True), (1, 0)], [(-1, 0), (1, 0)], "open (interpolated)"),
+    ([(-1, -1), (-1, 0, True)], [(-1, -1), (-1, -1)], "holds at some budgets"),
 ])
 def test_the_verdict_rule(naive, total, verdict):
     budgets = [1.0, 2.0]
@@ -96,8 +102,9 @@ def test_budgets_envelopes_and_one_holm_family(folders):
     assert result["incomplete"] == [] and result["betas"] == [0.03, 0.1, 0.3] and result["budgets"] == [1.5, 3.0, 4.5, 6.0]
     # iterated DPO at KL ≤ 1.5: 4·1.5/3 = 2 (β 0.03), 3·1.5/2 = 2.25 (β 0.1), 2 + 0.5 = 2.5 (β 0.3); at KL ≤ 6: β 0.03's
     # corner 8 beats β 0.1's best evaluation 5 and β 0.3's 3
-    assert set(result["envelopes"][("iterated_dpo", 1.5)].values()) == {(2.5, 0.3)}
-    assert set(result["envelopes"][("iterated_dpo", 6.0)].values()) == {(8, 0.03)}
+    # (1.5 lies below the first evaluations of β 0.03 and 0.1, at KL 3 and 2: read on the line from iteration 0)
+    assert set(result["envelopes"][("iterated_dpo", 1.5)].values()) == {(2.5, 0.3, True)}
+    assert set(result["envelopes"][("iterated_dpo", 6.0)].values()) == {(8, 0.03, False)}
     # Naive at KL ≤ 1.5, seed noise e: 0.375·(2 + e) (β 0.03), 0.75·(1 + e) (β 0.1), 0.75 + e (β 0.3): β 0.3 where
     # e > 0, β 0.03 where e < 0 and on the tie at e = 0; at KL ≤ 3, β 0.1's 2 + e
     naive = result["envelopes"][("sta_naive", 1.5)]
@@ -115,20 +122,27 @@ def test_budgets_envelopes_and_one_holm_family(folders):
     assert [c["p_holm"] for c in ranked] == pytest.approx(expected)
     assert ranked[0]["p_holm"] == pytest.approx(12 * ranked[0]["p"]) and ranked[0]["p"] < 1 / 12  # not a family of 4
     assert tests[("sta_naive", "iterated_dpo", 3.0)]["mean"] == pytest.approx(-2.0)  # 2 + e − 4, e averaging 0
-    assert result["verdict"] == "holds"
+    # iterated DPO beats both STA variants significantly at every budget, but at 1.5 and 3.0 (below the STA variants'
+    # first evaluation at β 0.03, KL 4) only on the interpolation: no finding there
+    sta = [("sta_naive", "iterated_dpo"), ("sta_total", "iterated_dpo")]
+    assert [[tests[(a, b, k)].get("interpolated", False) for k in result["budgets"]] for a, b in sta] == [[True, True, False, False]] * 2
+    assert [[tests[(a, b, k)]["sign"] for k in result["budgets"]] for a, b in sta] == [[0, 0, -1, -1]] * 2
+    assert result["verdict"] == "holds at some budgets"
 
 
 def test_the_report_and_the_later_folder_rule(folders, tmp_path, capsys):
     beta.main([str(f) for f in folders])
     md = capsys.readouterr().out
     assert "Methods: Naive STA, Total STA, Iterated DPO." in md  # offline DPO has a single β: not analysed
-    assert "| wc | holds |" in md and "one Holm family of 12 comparisons" in md
+    assert "| wc | holds at some budgets |" in md and "one Holm family of 12 comparisons" in md
+    assert md.count("significant only on the interpolation: no finding") == 4
     replaced = f"`{folders[1]}` (in place of 5 run(s) under {folders[0]})"
     assert f"| Iterated DPO | 0.1 | 5 | 5.00 ± 0.00 | 4.00 ± 0.00 | {replaced}" in md
     assert "K = 6.00" in md and "budgets 1.5, 3.0, 4.5, 6.0" in md
-    assert "| Iterated DPO | 2.50 ± 0.00 (n 5; 0.3 ×5) |" in md and "8.00 ± 0.00 (n 5; 0.03 ×5) |" in md
+    assert "| Iterated DPO | 2.50 ± 0.00 (n 5; 0.3 ×5; below the first evaluation: 5/5) |" in md
+    assert "8.00 ± 0.00 (n 5; 0.03 ×5) |" in md
     # Naive at KL ≤ 1.5: 0.75, 0.85, 0.7125, 0.8, 0.73125: mean 0.76875, std √(0.0125/4) = 0.056
-    assert "| Naive STA | 0.77 ± 0.06 (n 5; 0.03 ×3, 0.3 ×2) |" in md
+    assert "| Naive STA | 0.77 ± 0.06 (n 5; 0.03 ×3, 0.3 ×2; below the first evaluation: 5/5) |" in md
     # the grid folder last: its untuned iterated DPO (rewards 10 times higher) is read at β 0.1
     beta.main([str(f) for f in folders[1:]] + [str(folders[0])])
     assert "| Iterated DPO | 0.1 | 5 | 50.00 ± 0.00 |" in capsys.readouterr().out
@@ -159,8 +173,8 @@ def test_a_diverged_seed_leaves_the_envelope_but_the_task_is_tested(tmp_path, ca
     md = capsys.readouterr().out
     assert "| Iterated DPO | 0.3 | 4 | 3.00 ± 0.00 | 2.00 ± 0.00 |" in md and "diverged: seed 8688 after iteration 2" in md
     assert "Not in the envelopes (diverged): Iterated DPO β 0.3 seed 8688." in md
-    assert "| Iterated DPO | 2.50 ± 0.00 (n 4; 0.3 ×4) |" in md  # its runs at β 0.03 and 0.1 do not enter alone
-    assert "(0/4, t " in md and "| wc | holds |" in md  # Naive − iterated DPO paired on the four seeds both have
+    assert "| Iterated DPO | 2.50 ± 0.00 (n 4; 0.3 ×4; below the first evaluation: 4/4) |" in md  # β 0.03, 0.1: not alone
+    assert "(0/4, t " in md and "| wc | holds at some budgets |" in md  # Naive − iterated DPO paired on the four seeds both have
 
 
 @pytest.mark.parametrize("bad", ["missing", "file"])
@@ -193,4 +207,4 @@ def test_without_matplotlib_the_tables_are_still_written(folders, tmp_path, monk
     beta.main([str(f) for f in folders] + ["--out", str(out)])
     assert not (out / "beta_fronts.png").exists()
     md = (out / "beta.md").read_text()
-    assert "Not drawn: matplotlib is not installed" in md and "| wc | holds |" in md
+    assert "Not drawn: matplotlib is not installed" in md and "| wc | holds at some budgets |" in md

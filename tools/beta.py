@@ -27,11 +27,18 @@ Rules.
 - Comparisons: Naive − iterated DPO, Total − iterated DPO and Total − Naive (those whose methods are analysed), of the
   envelope rewards at each budget, paired by seed (claims.paired: the paired t test, two-sided p), all pairs × budgets
   of a task ONE family whose p values Holm's method adjusts (claims.holm; significant: adjusted p < 0.05).
+- Interpolation (claims.py's rule): a seed's envelope at a budget is read below a first evaluation when the budget lies
+  below the KL of the first evaluation after iteration 0 of any of its runs (results.below_first_evaluation): there the
+  run's reward is read on the straight line from iteration 0, an interpolation across its fastest-moving stretch, not
+  a measurement and not a bound either way. Each envelope cell counts such seeds, and a significant difference with
+  such seeds on either side is no finding (claims.holm: sign 0, "interpolated").
 - Verdict per task on "iterated DPO beats STA at equal KL" (needs Naive STA, Total STA and iterated DPO analysed):
   holds: iterated DPO beats both Naive and Total significantly at every budget;
   does not hold: Naive or Total beats iterated DPO significantly at some budget, or iterated DPO beats neither at any
   budget even in the mean (every mean difference Naive − iterated DPO and Total − iterated DPO is ≥ 0);
   holds at some budgets: neither of those, and iterated DPO beats both significantly at some budget;
+  open (interpolated): otherwise, where a difference of STA against iterated DPO was significant only on an
+  interpolation (above);
   within noise: otherwise (not shown either way).
   Incomplete (no test, no envelope): a task where an analysed method lacks one of the task's β values, or a group has
   an unfinished run (running, interrupted, failed, cut off) or misses a seed that another group of the task has, or
@@ -45,7 +52,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims import fmt_paired, holm, paired  # noqa: E402
-from results import COLOURS, NAMES, TASK_NAMES, curve, fail, fmt, load, mean_std, reward_at_kl  # noqa: E402
+from results import (COLOURS, NAMES, TASK_NAMES, below_first_evaluation, curve, fail, fmt, load, mean_std,  # noqa: E402
+                     reward_at_kl)
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of K, the task's largest common KL
 PAIRS = [("sta_naive", "iterated_dpo"), ("sta_total", "iterated_dpo"), ("sta_total", "sta_naive")]
@@ -84,20 +92,21 @@ def betas_of(groups, task, methods):
     return sorted({b for t, m, b in groups if t == task and m in methods and b is not None})
 
 
-def envelope(evals_by_beta, budget):
-    """(reward, β) of one seed at a budget: the maximum over β of reward_at_kl of that β's run ({β: evals}), the smaller
-    β on a tie; (None, None) if no run comes within the budget."""
+def envelope(runs_by_beta, budget):
+    """(reward, β, below) of one seed at a budget: the maximum over β of reward_at_kl of that β's run ({β: run}), the
+    smaller β on a tie ((None, None) if no run comes within the budget), and whether any of the runs is read below its
+    first evaluation there (an interpolation: the docstring's rule)."""
     best = (None, None)
-    for beta in sorted(evals_by_beta):
-        reward = reward_at_kl(evals_by_beta[beta], budget)
+    for beta in sorted(runs_by_beta):
+        reward = reward_at_kl(runs_by_beta[beta]["evals"], budget)
         if reward is not None and (best[0] is None or reward > best[0]):
             best = (reward, beta)
-    return best
+    return (*best, any(below_first_evaluation(run, budget) for run in runs_by_beta.values()))
 
 
 def seed_envelopes(groups, task, method, betas, budget):
-    """{seed: (reward, β)} of a method at a budget, over the seeds whose runs at every β of the task finished."""
-    runs = {b: {r["seed"]: r["evals"] for r in finished(groups.get((task, method, b), {"runs": []}))} for b in betas}
+    """{seed: (reward, β, below)} of a method at a budget, over the seeds whose runs at every β of the task finished."""
+    runs = {b: {r["seed"]: r for r in finished(groups.get((task, method, b), {"runs": []}))} for b in betas}
     seeds = set.intersection(*(set(s) for s in runs.values())) if runs else set()
     return {s: envelope({b: runs[b][s] for b in betas}, budget) for s in sorted(seeds)}
 
@@ -161,7 +170,10 @@ def verdict(tests, budgets):
     beaten = [all(tests[(a, b, k)]["sign"] == -1 for a, b in sta) for k in budgets]
     if all(beaten):
         return "holds"
-    return "holds at some budgets" if any(beaten) else "within noise"
+    if any(beaten):
+        return "holds at some budgets"
+    interpolated = any(tests[(a, b, k)].get("interpolated") for a, b in sta for k in budgets)
+    return "open (interpolated)" if interpolated else "within noise"
 
 
 def analyse(groups, task, methods):
@@ -183,7 +195,9 @@ def analyse(groups, task, methods):
         if a in methods and b in methods:
             for budget in out["budgets"]:
                 read = lambda m: {s: v[0] for s, v in out["envelopes"][(m, budget)].items()}
-                out["tests"][(a, b, budget)] = paired(read(a), read(b))
+                below = {m: (sum(v[2] for v in out["envelopes"][(m, budget)].values()), len(out["envelopes"][(m, budget)]))
+                         for m in (a, b)}
+                out["tests"][(a, b, budget)] = {**paired(read(a), read(b)), "below_first": below}
     holm(list(out["tests"].values()))  # one family per task: every pair at every budget
     if all(m in methods for m in ("sta_naive", "sta_total", "iterated_dpo")):
         out["verdict"] = verdict(out["tests"], out["budgets"])
@@ -198,6 +212,11 @@ def group_notes(group, expected):
     notes += [f"missing seeds: {' '.join(map(str, missing))}"] if missing else []
     notes += group["excluded"]
     return notes
+
+
+def test_cell(c):
+    """A comparison's cell; where Holm found it significant only on an interpolation, says so (claims.cell's wording)."""
+    return fmt_paired(c) + ("; significant only on the interpolation: no finding" if c.get("interpolated") else "")
 
 
 def task_lines(groups, task, methods, result):
@@ -232,7 +251,9 @@ def task_lines(groups, task, methods, result):
             env = result["envelopes"][(method, budget)]
             counts = [f"{beta:g} ×{sum(v[1] == beta for v in env.values())}" for beta in betas
                       if any(v[1] == beta for v in env.values())]
-            cells.append(f"{fmt(*mean_std([v[0] for v in env.values()]))} (n {len(env)}; {', '.join(counts)})")
+            below = sum(v[2] for v in env.values())
+            cells.append(f"{fmt(*mean_std([v[0] for v in env.values()]))} (n {len(env)}; {', '.join(counts)}"
+                         + (f"; below the first evaluation: {below}/{len(env)}" if below else "") + ")")
         lines.append(f"| {name(method)} | " + " | ".join(cells) + " |")
     lines.append("")
     diverged = [f"{name(m)} β {b:g} seed {r['seed']}" for m in methods for b in betas
@@ -244,7 +265,7 @@ def task_lines(groups, task, methods, result):
         lines += ["Paired differences of the envelope rewards, one Holm family of "
                   f"{len(result['tests'])} comparisons:", "",
                   "| difference | " + " | ".join(f"KL ≤ {b:.1f}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
-        lines += [f"| {name(a)} − {name(b)} | " + " | ".join(fmt_paired(result["tests"][(a, b, k)]) for k in budgets) + " |"
+        lines += [f"| {name(a)} − {name(b)} | " + " | ".join(test_cell(result["tests"][(a, b, k)]) for k in budgets) + " |"
                   for a, b in pairs]
         lines.append("")
     if result["verdict"]:
@@ -267,7 +288,9 @@ def markdown(groups, roots, tasks, methods, results, command, figure):
              "0.05. Verdict on \"iterated DPO beats STA at equal KL\": holds if it beats both Naive and Total STA "
              "significantly at every budget; does not hold if either beats it significantly at some budget or it beats "
              "neither at any budget even in the mean; holds at some budgets if it beats both significantly at some; "
-             "within noise otherwise. Rules in full: the docstring of tools/beta.py.", "",
+             "open (interpolated) if a difference against it was significant only where a seed's runs are read below their first "
+             "evaluation (an interpolation from iteration 0, counted in the envelope cells); within noise otherwise. "
+             "Rules in full: the docstring of tools/beta.py.", "",
              "| task | verdict |", "|---|---|"]
     for task in tasks:
         r = results[task]
