@@ -42,7 +42,11 @@ if [[ -n "${SMOKE:-}" ]]; then
 else
     python tools/build_shape_model.py "$work/model"
     shape=(--device cuda)
-    limit=(timeout 390)  # step 3's share of a 600-second command; the finished methods are kept if it runs out
+    # step 3's share of a 600-second command, the finished methods kept if it runs out. Every step's limit has -k: the
+    # scripts finish their current iteration on SIGTERM (a compilation can take minutes), so SIGKILL follows 15 s later.
+    # Steps 2-4 at most 80 + 300 + 60 s (+ 3 × 15), leaving over 100 s of the 600 for a fresh machine's setup and the
+    # model's build: on 2026-12-04 the earlier 100 + 390 + 60 s, without -k, ran past 600 s and nothing came back.
+    limit=(timeout -k 15 300)
     methods=()  # all ten
 fi
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
@@ -52,7 +56,7 @@ flags=(--model "$work/model" --prompts "$work/prompts.txt" "${shape[@]}" --task 
 
 echo "== sampler: static against dynamic cache, bf16 mismatch"
 status=0
-timeout 100 python tools/bench_sampler.py --model "$work/model" --prompts "$work/prompts.txt" "${shape[@]}" --repeats 1 \
+timeout -k 15 80 python tools/bench_sampler.py --model "$work/model" --prompts "$work/prompts.txt" "${shape[@]}" --repeats 1 \
     --out "$out/sampler" || status=$?
 if [[ $status == 3 ]]; then
     echo "the static-cache sampler failed (above): timing every method with the dynamic cache"
@@ -65,7 +69,7 @@ echo "== all ten methods"
 "${limit[@]}" python tools/bench_cost.py "${methods[@]}" --out "$out/all" -- "${flags[@]}" || echo "bench_cost stopped (status $?): $out/all has the methods it finished"
 
 echo "== Naive STA with the dynamic cache"
-BENCH_SAMPLER_CACHE=dynamic timeout 60 python tools/bench_cost.py --methods sta_naive --out "$out/naive-dynamic" -- "${flags[@]}" \
+BENCH_SAMPLER_CACHE=dynamic timeout -k 15 60 python tools/bench_cost.py --methods sta_naive --out "$out/naive-dynamic" -- "${flags[@]}" \
     || echo "bench_cost stopped (status $?)"
 
 python - "$out" <<'EOF'
