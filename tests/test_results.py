@@ -271,6 +271,12 @@ def test_a_later_folder_replaces_an_earlier_ones_runs_of_a_method_on_a_task(synt
     assert f"(Iterated DPO on wc from `{tuned}`; the rest from `{synthetic}`)" in claims.stdout
     missing = subprocess.run([*RESULTS, str(synthetic), str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip().endswith("is not a folder")
+    # a re-run grid still under way (one run running, or fewer seeds) does not replace finished runs until it is done
+    for seed, status in ((1, "finished"), (2, "running")):
+        write_run(tuned, f"wc__dpo__{seed}", "dpo", "wc", seed, rows, status=status, policy_lr=3e-5)
+    groups = results.load_folders([synthetic, tuned])
+    assert groups[("wc", "dpo")]["folder"] == str(synthetic) and groups[("wc", "dpo")]["waiting"] == (str(tuned), 1, 2)
+    assert f"; not yet in place, still under way: DPO on wc under `{tuned}`, 1 of 2 runs done)" in results.sources([synthetic, tuned], groups)
 
 
 def test_runs_with_extra_early_evaluations_average_with_runs_without(tmp_path):

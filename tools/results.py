@@ -235,16 +235,29 @@ def load(root):
     return groups
 
 
+def settled(group):
+    """Every run of the group finished or diverged: a re-run grid still going has not."""
+    return all(r["status"] in ("finished", "diverged") for r in group["runs"])
+
+
 def load_folders(roots):
     """load() of each folder in turn; a later folder's (task, method) group replaces an earlier one's whole, so
     `results/laptop/runs results/laptop/tuned/runs` reads the tuned re-runs in place of the untuned runs of the
-    methods whose preset the tuning changed, and the untuned runs of the others. Each group keeps its folder."""
+    methods whose preset the tuning changed, and the untuned runs of the others. Each group keeps its folder. A later
+    group still under way (a run not finished or diverged, or fewer seeds than the earlier group) does not replace a
+    settled earlier one until it is complete: the earlier group keeps it as "waiting" (folder, runs done, runs
+    expected), which sources() names."""
     groups = {}
     for root in roots:
         for key, group in load(root).items():
             group["folder"] = str(root)
             if key in groups:
-                group["replaced"] = f"{len(groups[key]['runs'])} run(s) under {groups[key]['folder']}"
+                earlier = groups[key]
+                if settled(earlier) and (not settled(group) or len(group["runs"]) < len(earlier["runs"])):
+                    done = sum(r["status"] in ("finished", "diverged") for r in group["runs"])
+                    earlier["waiting"] = (str(root), done, max(len(group["runs"]), len(earlier["runs"])))
+                    continue
+                group["replaced"] = f"{len(earlier['runs'])} run(s) under {earlier['folder']}"
             groups[key] = group
     return groups
 
@@ -259,8 +272,11 @@ def sources(roots, groups):
         for task, method in sorted(k for k, g in groups.items() if g["folder"] == str(root)):
             tasks[method].append(task)
         given += [f"{NAMES.get(m, m)} on {', '.join(ts)} from `{root}`" for m, ts in tasks.items()]
+    waiting = [f"{NAMES.get(m, m)} on {t} under `{g['waiting'][0]}`, {g['waiting'][1]} of {g['waiting'][2]} runs done"
+               for (t, m), g in sorted(groups.items()) if "waiting" in g]
     return (f"From `{'`, `'.join(map(str, roots))}`, a later folder's runs of a method on a task in place of an earlier "
-            f"one's ({'; '.join(given) or 'nothing from the later folders'}; the rest from `{roots[0]}`)")
+            f"one's ({'; '.join(given) or 'nothing from the later folders'}; the rest from `{roots[0]}`"
+            + (f"; not yet in place, still under way: {'; '.join(waiting)}" if waiting else "") + ")")
 
 
 def curve(runs):
