@@ -2,6 +2,7 @@
 synthetic folders at β 0.03, 0.1 and 0.3 (with tuned re-runs replacing the grid's) the budget K, the envelope cells,
 the one Holm family per task, the incomplete case, a bad folder and the figure."""
 
+import os
 import subprocess
 import sys
 
@@ -191,6 +192,14 @@ def test_the_parent_of_the_beta_folders_names_them(folders, tmp_path):
     done = subprocess.run([*BETA, str(tmp_path)], capture_output=True, text=True, timeout=60)  # grid/, tuned/, beta0.03/...
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stdout == ""
     assert f"give the folders of runs themselves: {folders[2]} {folders[3]} {folders[0]} {folders[1]}" in done.stderr
+
+
+def test_a_closed_pipe_ends_quietly(folders):
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already exited
+    done = subprocess.run([*BETA, *map(str, folders)], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
 def test_the_figure(folders, tmp_path):

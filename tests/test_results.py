@@ -173,8 +173,9 @@ def test_figures_of_a_tiny_grid(tmp_path, prompts_file):
 
 def test_tables_without_matplotlib(synthetic, tmp_path):
     """matplotlib is optional: with it hidden, the tables are written and results.md says why there are no figures."""
-    hide = "import sys; sys.modules['matplotlib'] = None; sys.argv = sys.argv[1:]; import runpy; " \
-           "runpy.run_path(sys.argv[0], run_name='__main__')"
+    # run as `python tools/results.py` is: the script's folder first on sys.path (its tools/quiet_pipe.py)
+    hide = "import os, sys; sys.modules['matplotlib'] = None; sys.argv = sys.argv[1:]; import runpy; " \
+           "sys.path.insert(0, os.path.dirname(sys.argv[0])); runpy.run_path(sys.argv[0], run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", hide, RESULTS[1], str(synthetic), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

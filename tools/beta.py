@@ -46,7 +46,6 @@ Rules.
 """
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -352,8 +351,6 @@ def main(argv=None):
                         "sta_total ...; default: those with at least two β on some task)")
     parser.add_argument("--out", type=Path, help="write beta.md and beta_fronts.png here (default: print beta.md)")
     cli = parser.parse_args(argv)
-    if hasattr(signal, "SIGPIPE") and argv is None:  # `| head` ends the tool quietly, not with a BrokenPipeError traceback
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     for root in cli.runs:
         if not root.is_dir():
             fail(f"{root} is not a folder of runs")
@@ -387,4 +384,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    import quiet_pipe  # noqa: F401,E402  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
     main()

@@ -60,7 +60,6 @@ spread, the policy's early KL; and Total STA's solve of eq. 11.
 import argparse
 import csv
 import math
-import signal
 import statistics
 import sys
 from pathlib import Path
@@ -523,8 +522,6 @@ def main(argv=None):
     parser.add_argument("--cost", type=Path, help="tools/bench_cost.py's cost.csv, for claim 6")
     parser.add_argument("--out", type=Path, help="write claims.md here (default: print it)")
     cli = parser.parse_args(argv)
-    if hasattr(signal, "SIGPIPE") and argv is None:  # `| head` ends the tool quietly, not with a BrokenPipeError traceback
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     for root in cli.runs:
         if not root.is_dir():
             fail(f"{root} is not a folder of runs")
@@ -587,4 +584,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    import quiet_pipe  # noqa: F401,E402  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
     main()

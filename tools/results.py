@@ -40,7 +40,6 @@ import io
 import json
 import math
 import re
-import signal
 import statistics
 import sys
 from collections import defaultdict
@@ -605,6 +604,8 @@ def plot(rows, curves, groups, out, x_axes="both"):
 
 
 if __name__ == "__main__":
+    import quiet_pipe  # noqa: F401,E402  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="folder(s) of run directories (tools/grid.py's --output-dir); with "
@@ -618,8 +619,6 @@ if __name__ == "__main__":
                         help="x-axis of Figure 1: prompts seen (figure1_reward.png, D18), pairs queried "
                              "(figure1_reward_pairs.png) or both")
     cli = parser.parse_args()
-    if hasattr(signal, "SIGPIPE"):  # `| head` ends the tool quietly, not with a BrokenPipeError traceback
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     for root in cli.runs:
         if not Path(root).is_dir():
             fail(f"{root} is not a folder")
