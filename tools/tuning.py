@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import re
-import signal
 import statistics
 import sys
 from collections import defaultdict
@@ -128,8 +127,6 @@ def main(argv=None):
     parser.add_argument("runs", type=Path, help="the tuning runs (results/laptop/tuning/runs)")
     parser.add_argument("--out", type=Path, required=True, help="folder for tuning.md and tuning.csv")
     cli = parser.parse_args(argv)
-    if hasattr(signal, "SIGPIPE") and argv is None:  # `| head` ends the tool quietly
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not cli.runs.is_dir():
         fail(f"{cli.runs} is not a folder of runs")
     runs, unreadable = read_runs(cli.runs)
@@ -185,4 +182,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    import quiet_pipe  # noqa: F401,E402  (`python tools/X.py | head` ends without a BrokenPipeError traceback)
+
     main()
