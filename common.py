@@ -1182,7 +1182,7 @@ class Run:
         if self.tensorboard:
             self.tensorboard.close()
 
-    def end_iteration(self, row, counters, models, optimizers, args, script):
+    def end_iteration(self, row, counters, models, optimizers):
         """After each iteration: stop on a non-finite metric (nothing of it is written), log the row, checkpoint
         every --save-every iterations, and stop cleanly with a checkpoint after Ctrl-C or SIGTERM."""
         bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -1193,7 +1193,7 @@ class Run:
                   f"metrics up to the previous iteration are in {self.dir}", 3)
         try:
             self.log(row)
-            if self.stop_requested or (args.save_every and counters["iteration"] % args.save_every == 0):
+            if self.stop_requested or (self.args.save_every and counters["iteration"] % self.args.save_every == 0):
                 self.save_checkpoint(models, optimizers, counters)
         except KeyboardInterrupt:  # a second Ctrl-C while writing: the last complete checkpoint is the one to resume
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1201,12 +1201,12 @@ class Run:
             self._event("interrupted", counters["iteration"], "interrupted", signal="SIGINT", aborted="while writing")
             self._close_trackers(130)
             _stop(f"aborted while writing iteration {counters['iteration']}; resume from the last complete checkpoint "
-                  f"with: python {script}.py --resume {self.dir}", 130)
+                  f"with: python {self.script} --resume {self.dir}", 130)
         if self.stop_requested:
             code = 130 if self.stop_requested == "SIGINT" else 143
             self._event("interrupted", counters["iteration"], "interrupted", signal=self.stop_requested)
             self._close_trackers(code)
-            _stop(f"interrupted after iteration {counters['iteration']}; resume with: python {script}.py --resume {self.dir}", code)
+            _stop(f"interrupted after iteration {counters['iteration']}; resume with: python {self.script} --resume {self.dir}", code)
 
     def finish(self, policy, tokenizer, counters):
         """Final weights in a form `from_pretrained` loads; the run is marked finished."""

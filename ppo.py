@@ -237,6 +237,6 @@ if __name__ == "__main__":
             row.update({"eval/reward": evaluation["reward"], "eval/kl": evaluation["kl"]})
             run.samples(iteration, evaluation["samples"])
             progress.set_postfix(prompts=counters["prompts_seen"], reward=f"{evaluation['reward']:.2f}", kl=f"{evaluation['kl']:.2f}")
-        run.end_iteration(row, counters, models, optimizers, args, "ppo")
+        run.end_iteration(row, counters, models, optimizers)
     run.finish(policy, tokenizer, counters)
     print(f"done: {run.dir} (final eval reward {evaluation['reward']:.3f}, KL {evaluation['kl']:.3f})")

@@ -662,7 +662,6 @@ def test_a_failed_write_ends_the_run_failed_and_keeps_the_checkpoint(tmp_path, i
     def no_space(*args, **kwargs):
         raise full
 
-    args = RunArgs(save_every=1)
     for name in ("checkpoint", "metrics", "ctrl-c"):
         run, at_1 = _run_with_checkpoint(make, name, model, optimizer)
         with monkeypatch.context() as patch:
@@ -674,8 +673,7 @@ def test_a_failed_write_ends_the_run_failed_and_keeps_the_checkpoint(tmp_path, i
                 run.stop_requested = "SIGINT"
                 patch.setattr(torch, "save", lambda *a, **k: run._on_signal(signal.SIGINT, None))
             err = _one_line_exit(capsys, 130 if name == "ctrl-c" else 1, run.end_iteration, row={"iteration": 3},
-                                 counters={"iteration": 3}, models={"m": model}, optimizers={"m": optimizer},
-                                 args=args, script="sta_naive")
+                                 counters={"iteration": 3}, models={"m": model}, optimizers={"m": optimizer})
         release(run)
         status = config(tmp_path / name)
         if name == "ctrl-c":
