@@ -199,7 +199,7 @@ def test_a_closed_pipe_ends_quietly(folders):
     os.close(read)  # `| head` that has already exited
     done = subprocess.run([*BETA, *map(str, folders)], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
     os.close(write)
-    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode in (0, 1) and done.stderr == "", done.stderr  # 1: the write that found the pipe closed
 
 
 def test_the_figure(folders, tmp_path):

@@ -3,6 +3,7 @@ whose scores at KL 35 are known: the envelope score, the tie within 0.10 broken 
 makes a configuration unselectable, and a missing or cut-off seed that leaves the method's selection pending."""
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -77,6 +78,12 @@ def test_the_selection_rule_on_synthetic_tuning_runs(tmp_path):
 
     done = subprocess.run([*TUNING, str(tmp_path / "out"), "--out", str(tmp_path / "o2")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: no run directories") and not (tmp_path / "o2").exists()
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already exited: the files are written, the closing line meets no reader
+    done = subprocess.run([*TUNING, str(root), "--out", str(tmp_path / "o3")], stdout=write, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    os.close(write)
+    assert done.returncode in (0, 1) and done.stderr == "" and (tmp_path / "o3" / "tuning.md").exists(), done.stderr
 
 
 def test_the_preset_stays_when_no_configuration_is_selectable():
