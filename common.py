@@ -912,12 +912,14 @@ class Run:
     config.json holds the script, the algorithm, the latest arguments, the status (running, interrupted, diverged,
     failed: a write failed, e.g. a full disk; finished; a crashed run stays "running") and the history: start, every resume with the iteration it came in at,
     its overriding flags and its machine, every stop. Ctrl-C and SIGTERM (what Slurm, Kubernetes and `timeout` send)
-    finish the current iteration, checkpoint and exit (130, 143) with the resume command. Optional tracking: --track
+    finish the current iteration, checkpoint and exit (130, 143) with the resume command; a second Ctrl-C aborts at
+    once (_on_signal), and the resume starts from the last checkpoint. Optional tracking: --track
     streams rows and config to Weights & Biases, --tensorboard writes event files; metrics.csv stays the record.
     One process at a time works in a run folder (the lock file, held while the process lives)."""
 
     def __init__(self, args, algo):
         self.algo, self.script = algo, Path(sys.argv[0]).name
+        self.writing = False  # a run file is being written (_writing, _write_config): see _on_signal
         if args.resume:
             self.dir = Path(args.resume)
             self._lock()
@@ -1020,7 +1022,9 @@ class Run:
     @contextlib.contextmanager
     def _writing(self, what, iteration):
         """A write that fails (a full disk, a quota) ends the run with one line and exit code 1, status "failed" with
-        the reason; the last complete checkpoint stays as it was."""
+        the reason; the last complete checkpoint stays as it was. A second Ctrl-C meanwhile interrupts the write
+        itself (_on_signal), so that no abort writes config.json beside it."""
+        writing, self.writing = self.writing, True
         try:
             yield
         except OSError as error:
@@ -1034,6 +1038,8 @@ class Run:
             checkpoint = checkpoint_dir(self.dir)
             _stop(f"error: {reason}; " + (f"free the space and resume with: python {self.script} --resume {self.dir}"
                                          if checkpoint else "there is no checkpoint to resume from"), 1)
+        finally:
+            self.writing = writing
 
     def _drop_partial_checkpoint(self):
         tmp = self.dir / "checkpoint.tmp"
@@ -1041,9 +1047,13 @@ class Run:
             _remove_checkpoint(tmp)
 
     def _write_config(self):
-        tmp = self.dir / "config.json.tmp"
-        tmp.write_text(json.dumps(self.config, indent=2, default=str) + "\n")
-        tmp.replace(self.dir / "config.json")
+        writing, self.writing = self.writing, True  # as _writing: a second Ctrl-C interrupts it, never writes beside it
+        try:
+            tmp = self.dir / "config.json.tmp"
+            tmp.write_text(json.dumps(self.config, indent=2, default=str) + "\n")
+            tmp.replace(self.dir / "config.json")
+        finally:
+            self.writing = writing
 
     def _event(self, event, iteration, status, **details):
         self.config["status"] = status
@@ -1057,7 +1067,16 @@ class Run:
 
     def _on_signal(self, signum, frame):
         if self.stop_requested and signum == signal.SIGINT:  # a second Ctrl-C aborts at once
-            raise KeyboardInterrupt
+            if self.writing:  # stop the write where it is: end_iteration drops a partial checkpoint, resume the rest
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            done = int(self.rows[-1]["iteration"]) if self.rows else None
+            self._event("interrupted", done or 0, "interrupted", signal="SIGINT", aborted="mid-iteration")
+            self._close_trackers(130)
+            # resume drops the rows and samples written after the checkpoint (start_or_resume)
+            _stop(("aborted before the first row; " if done is None else f"aborted after iteration {done}'s row; ") + (
+                  f"resume from the last checkpoint with: python {self.script} --resume {self.dir}"
+                  if checkpoint_dir(self.dir) else "there is no checkpoint yet: start the run again"), 130)
         if self.stop_requested:
             return
         self.stop_requested = signal.Signals(signum).name

@@ -691,6 +691,42 @@ def test_a_failed_write_ends_the_run_failed_and_keeps_the_checkpoint(tmp_path, i
     assert grid.plan([("wc", "sta_naive", 1, "bare")], tmp_path, [], 1)[0][1:4:2] == ("restart", "failed, no checkpoint")
 
 
+def test_a_second_ctrl_c_mid_iteration_is_one_line_and_the_run_resumes(tmp_path, in_process_run, capsys):
+    """A second Ctrl-C in the middle of an iteration (nothing being written) ends at once with one line, exit 130,
+    status "interrupted" (aborted mid-iteration), no traceback, and the run resumes from its last checkpoint, the rows
+    after it dropped; with no checkpoint yet the line says to start again. While a run file is being written it
+    interrupts the write instead (a KeyboardInterrupt: end_iteration's case above), never writes config.json beside it."""
+    make, release = in_process_run
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    run, at_1 = _run_with_checkpoint(make, "mid", model, optimizer)  # rows 0-2, checkpoint at 1
+    run.stop_requested = "SIGINT"  # the first Ctrl-C
+    err = _one_line_exit(capsys, 130, run._on_signal, signum=signal.SIGINT, frame=None)
+    assert err == f"aborted after iteration 2's row; resume from the last checkpoint with: python {run.script} --resume {run.dir}"
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # a third Ctrl-C does not interrupt the exit
+    release(run)
+    status = config(tmp_path / "mid")
+    assert status["status"] == "interrupted" and status["history"][-1]["aborted"] == "mid-iteration"
+    resumed = make(run_name="mid", resume=str(tmp_path / "mid"))
+    assert resumed.start_or_resume({"m": torch.nn.Linear(3, 2)}, {"m": optimizer})["iteration"] == 1
+    assert [int(r["iteration"]) for r in resumed.rows] == [0, 1]
+    release(resumed)
+
+    bare = make(run_name="bare")
+    bare.stop_requested = "SIGINT"
+    err = _one_line_exit(capsys, 130, bare._on_signal, signum=signal.SIGINT, frame=None)
+    assert err == "aborted before the first row; there is no checkpoint yet: start the run again"
+    release(bare)
+
+    busy = make(run_name="busy")
+    busy.stop_requested = "SIGINT"
+    before = (tmp_path / "busy" / "config.json").read_text()
+    with pytest.raises(KeyboardInterrupt), busy._writing("samples.jsonl", 0):
+        busy._on_signal(signal.SIGINT, None)
+    assert (tmp_path / "busy" / "config.json").read_text() == before and not busy.writing
+    release(busy)
+
+
 def test_resume_refuses_a_finished_run_or_fewer_iterations_and_done_reports_the_last_evaluation(tmp_path, prompts_file):
     """Issue 24.5: `--resume` of a finished run without a larger --iterations, or with fewer iterations than its
     checkpoint has done, is one line, exit 2, nothing written; a resume with nothing left to train (its checkpoint is
