@@ -920,6 +920,7 @@ class Run:
     def __init__(self, args, algo):
         self.algo, self.script = algo, Path(sys.argv[0]).name
         self.writing = False  # a run file is being written (_writing, _write_config): see _on_signal
+        self.ended = False  # its last status (finished, diverged, failed, interrupted) is written: see _on_signal
         if args.resume:
             self.dir = Path(args.resume)
             self._lock()
@@ -962,9 +963,9 @@ class Run:
         self.columns, self.rows = [], []
         self.start, self.wall_offset = time.time(), 0.0
         self.stop_requested = None
+        self.wandb = self.tensorboard = None
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        self.wandb = self.tensorboard = None
         if getattr(args, "track", False):
             import wandb
 
@@ -1056,6 +1057,7 @@ class Run:
             self.writing = writing
 
     def _event(self, event, iteration, status, **details):
+        self.ended = status != "running"
         self.config["status"] = status
         self.config["history"].append({"event": event, "iteration": iteration, "time": _now(), **details})
         self._write_config()
@@ -1067,16 +1069,20 @@ class Run:
 
     def _on_signal(self, signum, frame):
         if self.stop_requested and signum == signal.SIGINT:  # a second Ctrl-C aborts at once
-            if self.writing:  # stop the write where it is: end_iteration drops a partial checkpoint, resume the rest
-                raise KeyboardInterrupt
+            if self.writing or self.ended:  # stop a write where it is (end_iteration drops a partial checkpoint), and
+                raise KeyboardInterrupt     # never write over a run's last status
+            # not closing the trackers: one may hold its own lock right now (wandb closes itself at exit)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            done = int(self.rows[-1]["iteration"]) if self.rows else None
-            self._event("interrupted", done or 0, "interrupted", signal="SIGINT", aborted="mid-iteration")
-            self._close_trackers(130)
+            try:
+                self._event("interrupted", int(self.rows[-1]["iteration"]) if self.rows else 0, "interrupted",
+                            signal="SIGINT", aborted="mid-iteration")
+                note = ""
+            except OSError as error:
+                note = f" (config.json could not be updated: {error})"
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a third Ctrl-C ends the process outright
             # resume drops the rows and samples written after the checkpoint (start_or_resume)
-            _stop(("aborted before the first row; " if done is None else f"aborted after iteration {done}'s row; ") + (
-                  f"resume from the last checkpoint with: python {self.script} --resume {self.dir}"
-                  if checkpoint_dir(self.dir) else "there is no checkpoint yet: start the run again"), 130)
+            _stop(f"aborted{note}; " + (f"resume from the last checkpoint with: python {self.script} --resume {self.dir}"
+                                        if checkpoint_dir(self.dir) else "there is no checkpoint yet: start the run again"), 130)
         if self.stop_requested:
             return
         self.stop_requested = signal.Signals(signum).name

@@ -691,19 +691,20 @@ def test_a_failed_write_ends_the_run_failed_and_keeps_the_checkpoint(tmp_path, i
     assert grid.plan([("wc", "sta_naive", 1, "bare")], tmp_path, [], 1)[0][1:4:2] == ("restart", "failed, no checkpoint")
 
 
-def test_a_second_ctrl_c_mid_iteration_is_one_line_and_the_run_resumes(tmp_path, in_process_run, capsys):
+def test_a_second_ctrl_c_mid_iteration_is_one_line_and_the_run_resumes(tmp_path, in_process_run, capsys, monkeypatch):
     """A second Ctrl-C in the middle of an iteration (nothing being written) ends at once with one line, exit 130,
     status "interrupted" (aborted mid-iteration), no traceback, and the run resumes from its last checkpoint, the rows
-    after it dropped; with no checkpoint yet the line says to start again. While a run file is being written it
-    interrupts the write instead (a KeyboardInterrupt: end_iteration's case above), never writes config.json beside it."""
+    after it dropped; with no checkpoint yet the line says to start again. While a run file (config.json included) is
+    being written, or once the run's last status is written, it raises KeyboardInterrupt instead and writes nothing:
+    no abort writes config.json beside a half-written one or over "finished"."""
     make, release = in_process_run
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     run, at_1 = _run_with_checkpoint(make, "mid", model, optimizer)  # rows 0-2, checkpoint at 1
     run.stop_requested = "SIGINT"  # the first Ctrl-C
     err = _one_line_exit(capsys, 130, run._on_signal, signum=signal.SIGINT, frame=None)
-    assert err == f"aborted after iteration 2's row; resume from the last checkpoint with: python {run.script} --resume {run.dir}"
-    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # a third Ctrl-C does not interrupt the exit
+    assert err == f"aborted; resume from the last checkpoint with: python {run.script} --resume {run.dir}"
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL  # a third Ctrl-C ends the process outright
     release(run)
     status = config(tmp_path / "mid")
     assert status["status"] == "interrupted" and status["history"][-1]["aborted"] == "mid-iteration"
@@ -715,7 +716,7 @@ def test_a_second_ctrl_c_mid_iteration_is_one_line_and_the_run_resumes(tmp_path,
     bare = make(run_name="bare")
     bare.stop_requested = "SIGINT"
     err = _one_line_exit(capsys, 130, bare._on_signal, signum=signal.SIGINT, frame=None)
-    assert err == "aborted before the first row; there is no checkpoint yet: start the run again"
+    assert err == "aborted; there is no checkpoint yet: start the run again"
     release(bare)
 
     busy = make(run_name="busy")
@@ -724,6 +725,23 @@ def test_a_second_ctrl_c_mid_iteration_is_one_line_and_the_run_resumes(tmp_path,
     with pytest.raises(KeyboardInterrupt), busy._writing("samples.jsonl", 0):
         busy._on_signal(signal.SIGINT, None)
     assert (tmp_path / "busy" / "config.json").read_text() == before and not busy.writing
+    dumps, fired = common.json.dumps, []
+
+    def ctrl_c_while_config_is_written(*args, **kwargs):  # the handler runs inside _write_config
+        if not fired:
+            fired.append(True)
+            busy._on_signal(signal.SIGINT, None)
+        return dumps(*args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(common.json, "dumps", ctrl_c_while_config_is_written)
+        busy.record("note", 1)
+    assert (tmp_path / "busy" / "config.json").read_text() == before and not busy.writing
+
+    busy._event("finished", 3, "finished")  # a late second Ctrl-C (a tracker closing) leaves "finished" as it is
+    with pytest.raises(KeyboardInterrupt):
+        busy._on_signal(signal.SIGINT, None)
+    assert config(tmp_path / "busy")["status"] == "finished"
     release(busy)
 
 
