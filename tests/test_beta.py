@@ -65,6 +65,19 @@ def test_the_verdict_rule(naive, total, verdict):
     assert beta.verdict(tests, budgets) == verdict
 
 
+@pytest.mark.parametrize("naive, verdict", [
+    ([(-1, -1)] * 2, "holds"),
+    ([(-1, -1), (-1, 0)], "holds at some budgets"),
+    ([(-1, 0), (1, 1)], "does not hold"),
+    ([(-1, 0), (1, 0)], "within noise"),
+])
+def test_the_verdict_reads_only_the_analysed_sta_variants(naive, verdict):
+    # Naive alone (Total not analysed): iterated DPO beating Naive at both budgets holds, with no Total comparison
+    budgets = [1.0, 2.0]
+    tests = {("sta_naive", "iterated_dpo", k): comparison(*c) for k, c in zip(budgets, naive)}
+    assert beta.verdict(tests, budgets) == verdict
+
+
 def write_folder(root, b, methods, skip=(), untuned=False):
     """Runs of the methods at β = b under root: the STA variants on STA_PATHS with each seed's noise, iterated DPO on
     DPO_PATHS (untuned: rewards 10 times higher); skip holds (method, seed) left out."""
@@ -147,6 +160,15 @@ def test_the_report_and_the_later_folder_rule(folders, tmp_path, capsys):
     # the grid folder last: its untuned iterated DPO (rewards 10 times higher) is read at β 0.1
     beta.main([str(f) for f in folders[1:]] + [str(folders[0])])
     assert "| Iterated DPO | 0.1 | 5 | 50.00 ± 0.00 |" in capsys.readouterr().out
+
+
+def test_naive_and_iterated_dpo_alone_get_a_verdict(folders, capsys):
+    beta.main([str(f) for f in folders] + ["--methods", "sta_naive", "iterated_dpo"])
+    md = capsys.readouterr().out
+    # one family of 4 budgets (one pair), the verdict naming the one STA variant read
+    assert "Methods: Naive STA, Iterated DPO." in md and "one Holm family of 4 comparisons" in md
+    assert "Verdict, iterated DPO beats STA (Naive STA) at equal KL: **holds at some budgets**." in md
+    assert "| wc | holds at some budgets |" in md and "Total STA" not in md.split("| task | verdict |")[1]
 
 
 def test_an_incomplete_task_is_not_tested(tmp_path, capsys):
