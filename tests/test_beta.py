@@ -144,6 +144,20 @@ def test_budgets_envelopes_and_one_holm_family(folders):
     assert result["verdict"] == "holds at some budgets"
 
 
+def test_the_descriptive_reading_between_the_budgets(folders, capsys):
+    groups = beta.load_beta(folders)
+    rows = beta.between(groups, "wc", ("sta_naive", "iterated_dpo"), [0.03, 0.1, 0.3], 6.0)
+    assert [r[0] for r in rows] == [0.6, 1.2, 1.8, 2.4, 3.0, 3.6, 4.2, 4.8, 5.4, 6.0]  # every tenth of K = 6
+    # at 3.0: Naive's β 0.1 run reads 1 + e + (3 − 1)·(3 − 2)/(4 − 2) = 2 + e (its best β), iterated DPO 4 (β 0.03's
+    # 4·3/3): −2 in the mean, no seed ahead, every seed read below Naive's β 0.03 first evaluation (KL 4)
+    assert rows[4][1:] == (pytest.approx(-2.0), 0, 5, 5)
+    # at 6.0: Naive 3 + e (β 0.03's line from (4, 2 + e) to (8, 4 + e), and β 0.1's best), iterated DPO 8; all measured
+    assert rows[9][1:] == (pytest.approx(-5.0), 0, 5, 0)
+    beta.main([str(f) for f in folders])
+    md = capsys.readouterr().out
+    assert "descriptive only (no test)" in md and "| Naive STA − Iterated DPO | " in md and "-5.00 (0/5) |" in md
+
+
 def test_the_report_and_the_later_folder_rule(folders, tmp_path, capsys):
     beta.main([str(f) for f in folders])
     md = capsys.readouterr().out

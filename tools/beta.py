@@ -27,6 +27,8 @@ Rules.
 - Comparisons: Naive − iterated DPO, Total − iterated DPO and Total − Naive (those whose methods are analysed), of the
   envelope rewards at each budget, paired by seed (claims.paired: the paired t test, two-sided p), all pairs × budgets
   of a task ONE family whose p values Holm's method adjusts (claims.holm; significant: adjusted p < 0.05).
+- Between the budgets, descriptive only (no test, no verdict): each pair's mean paired difference and the seeds
+  favouring its first method at every tenth of K (rounded to 0.1), so that a gap between the tested budgets is seen.
 - Interpolation (claims.py's rule): a seed's envelope at a budget is read below a first evaluation when the budget lies
   below the KL of the first evaluation after iteration 0 of any of its runs (results.below_first_evaluation): there the
   run's reward is read on the straight line from iteration 0, an interpolation across its fastest-moving stretch, not
@@ -56,6 +58,7 @@ from results import (COLOURS, NAMES, TASK_NAMES, below_first_evaluation, curve, 
                      reward_at_kl)
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of K, the task's largest common KL
+TENTHS = [i / 10 for i in range(1, 11)]  # of K: the descriptive reading between the tested budgets
 PAIRS = [("sta_naive", "iterated_dpo"), ("sta_total", "iterated_dpo"), ("sta_total", "sta_naive")]
 STYLES = ["-", "--", ":", "-."]  # one line style per β, in increasing order
 STA = ("sta_naive", "sta_total")  # the variants whose comparison with iterated DPO the verdict reads
@@ -128,8 +131,22 @@ def largest_common_kl(groups, task, methods, betas):
     return min(reach) if reach else None
 
 
-def budgets_of(k):
-    return [round(f * k, 1) for f in FRACTIONS]
+def budgets_of(k, fractions=FRACTIONS):
+    return [round(f * k, 1) for f in fractions]
+
+
+def between(groups, task, pair, betas, k):
+    """The descriptive reading between the tested budgets: at every tenth of K, the mean over seeds of the paired
+    difference a − b of the envelopes, how many seeds favour a, n, and how many seeds are read below a first
+    evaluation on either side, as (budget, mean, favourable, n, below); no test."""
+    rows = []
+    for budget in budgets_of(k, TENTHS):
+        env = [seed_envelopes(groups, task, m, betas, budget) for m in pair]
+        seeds = [s for s in env[0] if s in env[1]]
+        diffs = [env[0][s][0] - env[1][s][0] for s in seeds]
+        below = sum(env[0][s][2] or env[1][s][2] for s in seeds)
+        rows.append((budget, sum(diffs) / len(diffs), sum(d > 0 for d in diffs), len(diffs), below))
+    return rows
 
 
 def where(run):
@@ -267,6 +284,15 @@ def task_lines(groups, task, methods, result):
                   f"{len(result['tests'])} comparisons:", "",
                   "| difference | " + " | ".join(f"KL ≤ {b:.1f}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
         lines += [f"| {name(a)} − {name(b)} | " + " | ".join(test_cell(result["tests"][(a, b, k)]) for k in budgets) + " |"
+                  for a, b in pairs]
+        lines.append("")
+        tenths = budgets_of(result["k"], TENTHS)
+        lines += ["Between those budgets, descriptive only (no test): the mean paired difference of the envelopes at every "
+                  "tenth of K (seeds favouring the first method / n; \"i\" and a count: seeds read below a first "
+                  "evaluation on either side, an interpolation):", "",
+                  "| difference | " + " | ".join(f"{b:.1f}" for b in tenths) + " |", "|---" * (len(tenths) + 1) + "|"]
+        lines += [f"| {name(a)} − {name(b)} | " + " | ".join(f"{m:+.2f} ({f}/{n}{f'; i {i}' if i else ''})" for _, m, f, n, i in
+                                                            between(groups, task, (a, b), betas, result["k"])) + " |"
                   for a, b in pairs]
         lines.append("")
     if result["verdict"]:
