@@ -28,7 +28,8 @@ Rules.
   envelope rewards at each budget, paired by seed (claims.paired: the paired t test, two-sided p), all pairs × budgets
   of a task ONE family whose p values Holm's method adjusts (claims.holm; significant: adjusted p < 0.05).
 - Between the budgets, descriptive only (no test, no verdict): each pair's mean paired difference and the seeds
-  favouring its first method at every tenth of K (rounded to 0.1), so that a gap between the tested budgets is seen.
+  favouring its first method at every tenth of K (rounded to 0.1), with the seeds read below a first evaluation
+  counted, so that a gap between the tested budgets is seen.
 - Interpolation (claims.py's rule): a seed's envelope at a budget is read below a first evaluation when the budget lies
   below the KL of the first evaluation after iteration 0 of any of its runs (results.below_first_evaluation): there the
   run's reward is read on the straight line from iteration 0, an interpolation across its fastest-moving stretch, not
