@@ -1175,7 +1175,9 @@ class Run:
             text = samples.read_text()
             text = text[: text.rfind("\n") + 1]  # a line cut by a killed process or a full disk: after the checkpoint
             kept = [line for line in text.splitlines() if json.loads(line)["iteration"] <= counters["iteration"]]
-            samples.write_text("".join(line + "\n" for line in kept))
+            tmp = samples.with_suffix(".tmp")  # swapped in whole: a kill here leaves the old file, which resumes again
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(samples)
         self._event("resume", counters["iteration"], "running", overrides=self.overrides, **_environment(self.args))
         print(f"resuming {self.dir} after iteration {counters['iteration']}"
               f"{' with ' + ', '.join(f'{k}={v[1]}' for k, v in self.overrides.items()) if self.overrides else ''}", file=sys.stderr)

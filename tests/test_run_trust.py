@@ -624,6 +624,36 @@ def test_damaged_files_on_resume_are_one_line_exit_2_and_a_cut_last_metrics_row_
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(config) in err and "damaged" in err, err
 
 
+def test_a_kill_while_resume_drops_later_samples_loses_none_before_the_checkpoint(tmp_path, in_process_run, monkeypatch):
+    """A resume rewrites samples.jsonl without the samples logged after the checkpoint; a process killed half-way
+    through that write leaves the file as it was, so the next resume keeps every sample up to the checkpoint."""
+    make, release = in_process_run
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    made, _ = _run_with_checkpoint(make, "s", model, optimizer)
+    for i in (0, 1, 2):
+        made.samples(i, [{"prompt": "p", "continuation": "c" * 40, "reward": float(i)}])
+    release(made)
+    samples = tmp_path / "s" / "samples.jsonl"
+    before = samples.read_text()
+    write_text = Path.write_text
+
+    def half_then_killed(path, data, *args, **kwargs):  # the write a kill -9 interrupts: half the text, then nothing
+        write_text(path, data[: len(data) // 2], *args, **kwargs)
+        raise Killed
+
+    resumed = make(run_name="s", resume=str(tmp_path / "s"))
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", half_then_killed)
+        with pytest.raises(Killed):
+            resumed.start_or_resume({"m": model}, {"m": optimizer})
+    release(resumed)
+    assert samples.read_text() == before
+    resumed = make(run_name="s", resume=str(tmp_path / "s"))
+    assert resumed.start_or_resume({"m": model}, {"m": optimizer})["iteration"] == 1
+    assert [json.loads(line)["iteration"] for line in samples.read_text().splitlines()] == [0, 1]
+
+
 def test_a_second_process_on_a_run_folder_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, prompts_file):
     """Issue 24.3: while a run trains, `--resume` of its folder from another process is one line, exit 2, and the
     metrics stay the first process's; after kill -9 of the first (no chance to clean up), the folder resumes."""
